@@ -1,0 +1,164 @@
+"""One forward pass that returns every attention module's mask M, trunk T and output H.
+
+``inspect`` uses no hooks: the attention modules report to a context variable that only the calling thread
+sees, so several threads can inspect one shared model at once (the explorer app does). The model runs in eval
+mode; its train/eval state is restored when the last concurrent inspection on it finishes.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from .attention import _MASK_EDIT, _RECORDER, AttentionModule
+
+__all__ = ["ModuleRecord", "Trace", "inspect", "knockout", "KNOCKOUTS"]
+
+Knockout = Literal["zero", "one", "mean"]
+KNOCKOUTS: tuple[str, ...] = ("zero", "one", "mean")
+
+
+@dataclass
+class ModuleRecord:
+    """What one attention module computed. Tensors are N×C×H×W at the module's resolution."""
+
+    stage: int  # 1-based attention stage
+    index: int  # 1-based position within the stage
+    name: str  # qualified module name in the model, e.g. "stage2.module1"
+    mask: Tensor  # M, after the activation
+    mask_logits: Tensor  # before the activation
+    trunk: Tensor  # T
+    output: Tensor  # H = (1 + M)·T (ARL) or M·T (NAL)
+    mask_path: list[tuple[str, Tensor]] = field(default_factory=list)  # the mask branch's maps in order
+
+    @property
+    def label(self) -> str:
+        """The module as the paper names it."""
+        return f"stage {self.stage}, module {self.index}"
+
+
+@dataclass
+class Trace:
+    """Logits and one :class:`ModuleRecord` per attention module, in forward order."""
+
+    logits: Tensor
+    modules: list[ModuleRecord]
+
+    def module(self, stage: int, index: int = 1) -> ModuleRecord:
+        """The record of module ``index`` in ``stage`` (both 1-based)."""
+        for record in self.modules:
+            if record.stage == stage and record.index == index:
+                return record
+        raise KeyError(f"no attention module {index} in stage {stage}")
+
+    def stage(self, stage: int) -> list[ModuleRecord]:
+        """All records of one stage."""
+        return [r for r in self.modules if r.stage == stage]
+
+
+class _EvalGuard:
+    """Per-model count of active inspections; the first puts the model in eval mode, the last restores it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.active = 0
+        self.was_training = False
+
+
+_GUARDS: "weakref.WeakKeyDictionary[nn.Module, _EvalGuard]" = weakref.WeakKeyDictionary()
+_GUARDS_LOCK = threading.Lock()
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    with _GUARDS_LOCK:
+        guard = _GUARDS.setdefault(model, _EvalGuard())
+    with guard.lock:
+        if guard.active == 0:
+            guard.was_training = model.training
+            if model.training:
+                model.eval()
+        guard.active += 1
+    try:
+        yield
+    finally:
+        with guard.lock:
+            guard.active -= 1
+            if guard.active == 0 and guard.was_training:
+                model.train()
+
+
+def _names(model: nn.Module) -> dict[int, str]:
+    return {id(m): n for n, m in model.named_modules() if isinstance(m, AttentionModule)}
+
+
+def inspect(
+    model: nn.Module,
+    images: Tensor,
+    *,
+    grad: bool = False,
+    mask_edit: dict[tuple[int, int], Knockout] | None = None,
+) -> Trace:
+    """Run ``model`` on ``images`` once and return its logits with every module's M, T, H and mask path.
+
+    ``grad=True`` keeps the autograd graph (for attribution); by default the pass runs without gradients and
+    the recorded tensors are detached. ``mask_edit`` maps (stage, index) to a knock-out (see :func:`knockout`).
+    """
+    names = _names(model)
+    records: list[ModuleRecord] = []
+
+    def record(module: AttentionModule, **tensors: object) -> None:
+        if not grad:
+            tensors = {k: _detach(v) for k, v in tensors.items()}
+        records.append(
+            ModuleRecord(stage=module.stage, index=module.index, name=names.get(id(module), ""), **tensors)  # type: ignore[arg-type]
+        )
+
+    recorder_token = _RECORDER.set(record)
+    edit_token = _MASK_EDIT.set(_editor(mask_edit) if mask_edit else None)
+    try:
+        with _eval_mode(model), torch.set_grad_enabled(grad):
+            logits = model(images)
+    finally:
+        _MASK_EDIT.reset(edit_token)
+        _RECORDER.reset(recorder_token)
+    return Trace(logits=logits if grad else logits.detach(), modules=records)
+
+
+def knockout(model: nn.Module, images: Tensor, stage: int, index: int, mode: Knockout) -> Trace:
+    """Inspect with one module's mask replaced: ``"zero"`` (M = 0; under ARL the module passes T through),
+    ``"one"`` (M = 1) or ``"mean"`` (each channel's spatial mean, which removes *where* but keeps *how much*)."""
+    return inspect(model, images, mask_edit={(stage, index): mode})
+
+
+def _editor(edits: dict[tuple[int, int], Knockout]):  # noqa: ANN202 - a closure for the context variable
+    for mode in edits.values():
+        if mode not in KNOCKOUTS:
+            raise ValueError(f"knock-out must be one of {KNOCKOUTS}, got {mode!r}")
+
+    def edit(module: nn.Module, mask: Tensor) -> Tensor:
+        mode = edits.get((module.stage, module.index))
+        if mode == "zero":
+            return torch.zeros_like(mask)
+        if mode == "one":
+            return torch.ones_like(mask)
+        if mode == "mean":
+            return mask.mean(dim=(-2, -1), keepdim=True).expand_as(mask)
+        return mask
+
+    return edit
+
+
+def _detach(value: object) -> object:
+    if isinstance(value, Tensor):
+        return value.detach()
+    if isinstance(value, list):
+        return [(label, t.detach()) for label, t in value]
+    return value

@@ -1,0 +1,21 @@
+"""Shared fixtures: tiny models keep the suite fast on a 2-core CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import resattn
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture
+def tiny_cifar():
+    """A quarter-width Attention-56 (CIFAR topology), in eval mode, with non-trivial BN statistics."""
+    torch.manual_seed(0)
+    model = resattn.create_model("attention56_cifar", width_mult=0.25)
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(8, 3, 32, 32))  # move BN running stats away from their initial values
+    return model.eval()

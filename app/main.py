@@ -1,6 +1,32 @@
-"""Placeholder entry point until the explorer lands."""
+"""The resattn explorer: ``streamlit run app/main.py``.
+
+The sidebar (model, image, stage, module) is shared by every page; each page lives in ``app/views/``.
+Train is a placeholder until the fine-tuning jobs issue fills ``app/views/train.py``.
+"""
+
+import sys
+from pathlib import Path
 
 import streamlit as st
 
-st.title("resattn")
-st.write("The Residual Attention Network explorer is being built.")
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # `import components, state` from any working directory
+if str(HERE.parent) not in sys.path:
+    sys.path.append(str(HERE.parent))  # `import resattn` from a checkout that is not pip-installed
+
+import components  # noqa: E402
+
+st.set_page_config(page_title="resattn explorer", page_icon="🔍", layout="wide")
+
+PAGES = [
+    st.Page("views/explore.py", title="Explore", icon="🔍", default=True),
+    st.Page("views/attribution.py", title="Attribution", icon="🎯"),
+    st.Page("views/compare.py", title="Compare", icon="⚖️"),
+    st.Page("views/learn.py", title="Learn", icon="📖"),
+    st.Page("views/train.py", title="Train", icon="🏋️"),
+]
+
+page = st.navigation(PAGES)
+st.session_state.pop("_context", None)
+components.sidebar()
+page.run()

@@ -1,0 +1,263 @@
+"""Cached resources of the explorer: the model catalogue, models (once per process) and derived maps.
+
+* Models are ``st.cache_resource``: loaded once per process, keyed by the checkpoint's content hash (or the
+  random model's spec), behind a lock, and shared by every browser session (``resattn.inspect`` is safe to
+  call concurrently on one model; Captum calls are serialised per model in ``resattn.attribution``).
+* Traces and attributions are ``st.cache_data``, keyed by model key, image hash, stage and method. The image
+  and model objects are passed as ``_``-prefixed arguments, which Streamlit does not hash.
+
+Configuration (environment variables):
+
+* ``RESATTN_CHECKPOINT_DIR``: where ``*.safetensors`` checkpoints are found (default: ``checkpoints/`` in the
+  repository).
+* ``RESATTN_APP_MODELS``: the randomly initialised models to offer, comma-separated, each
+  ``name[@input_size][:key=value;key=value]``, e.g. ``attention56_cifar:width_mult=0.25``. ``none`` offers none.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import streamlit as st
+import torch
+from PIL import Image
+
+import resattn
+from resattn import attribution, images
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+DEFAULT_RANDOM = ",".join(
+    [f"attention56_cifar:attention={a};learning={l}" for l in ("arl", "nal") for a in ("mixed", "channel", "spatial")]
+    + ["attention56_imagenet@160"]
+)
+_LOAD_LOCK = threading.Lock()
+
+
+@dataclass
+class ModelEntry:
+    """One choice in the model picker: a checkpoint file or a randomly initialised model."""
+
+    key: str  # cache key: "sha256:<content hash>" or "random:<spec>"
+    label: str
+    meta: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+    spec: str | None = None
+    error: str | None = None  # why the checkpoint cannot be read (shown; the app falls back)
+
+    @property
+    def random(self) -> bool:
+        return self.path is None
+
+    @property
+    def short_hash(self) -> str:
+        return self.key.split(":", 1)[1][:12] if self.key.startswith("sha256:") else "random"
+
+
+def checkpoint_dir() -> Path:
+    return Path(os.environ.get("RESATTN_CHECKPOINT_DIR") or REPO / "checkpoints")
+
+
+def _parse_value(text: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_spec(spec: str) -> tuple[str, int | None, dict[str, Any]]:
+    """``name[@size][:k=v;k=v]`` → (name, input size or None, overrides)."""
+    head, _, tail = spec.strip().partition(":")
+    name, _, size = head.partition("@")
+    overrides = {}
+    for pair in filter(None, tail.split(";")):
+        key, _, value = pair.partition("=")
+        overrides[key.strip()] = _parse_value(value.strip())
+    return name.strip(), int(size) if size else None, overrides
+
+
+def random_meta(spec: str) -> dict[str, Any]:
+    """Meta for a randomly initialised model, in the same shape as a checkpoint's."""
+    name, size, overrides = parse_spec(spec)
+    imagenet = name.endswith("_imagenet")
+    num_classes = int(overrides.get("num_classes", 1000 if imagenet else 10))
+    if imagenet and num_classes == 1000:
+        from torchvision.models import ResNet18_Weights
+
+        classes = list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+    elif not imagenet and num_classes == 10:
+        classes = list(CIFAR10_CLASSES)
+    else:
+        classes = [f"class {i}" for i in range(num_classes)]
+    return {
+        "model": name,
+        "overrides": overrides,
+        "classes": classes,
+        "input_size": size or (224 if imagenet else 32),
+        "mean": list(IMAGENET_MEAN if imagenet else CIFAR_MEAN),
+        "std": list(IMAGENET_STD if imagenet else CIFAR_STD),
+        "dataset": "none (random weights)",
+        "metrics": {},
+    }
+
+
+def describe_meta(meta: dict[str, Any]) -> str:
+    """Dataset · attention · ARL/NAL · accuracy, for the picker."""
+    o = meta.get("overrides", {})
+    parts = [
+        meta.get("model", "?"),
+        str(meta.get("dataset", "?")),
+        o.get("attention", "mixed"),
+        str(o.get("learning", "arl")).upper(),
+    ]
+    if o.get("mask") == "local":
+        parts.append("local mask")
+    top1 = (meta.get("metrics") or {}).get("test_top1")
+    parts.append(f"test top-1 {top1:.2%}" if isinstance(top1, (int, float)) and top1 <= 1 else
+                 f"test top-1 {top1}" if top1 is not None else "no test accuracy")
+    return " · ".join(parts)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _hash_file(path: str, mtime: float, size: int) -> str:
+    return resattn.file_hash(path)
+
+
+def catalogue() -> list[ModelEntry]:
+    """Every checkpoint in the checkpoint directory (read from its header only), then the random models."""
+    entries: list[ModelEntry] = []
+    folder = checkpoint_dir()
+    for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
+        stat = path.stat()
+        key = f"sha256:{_hash_file(str(path), stat.st_mtime, stat.st_size)}"
+        try:
+            meta = resattn.read_meta(path)
+            entries.append(ModelEntry(key, f"{path.stem} — {describe_meta(meta)}", meta, path=path))
+        except resattn.CheckpointError as exc:
+            entries.append(ModelEntry(key, f"⚠ {path.name} (cannot be read)", path=path, error=str(exc)))
+    specs = os.environ.get("RESATTN_APP_MODELS", DEFAULT_RANDOM)
+    for spec in [] if specs.strip().lower() == "none" else [s for s in specs.split(",") if s.strip()]:
+        try:
+            meta = random_meta(spec)
+        except ValueError as exc:
+            entries.append(ModelEntry(f"random:{spec}", f"⚠ RANDOM {spec}", error=str(exc), spec=spec))
+            continue
+        entries.append(ModelEntry(f"random:{spec}", f"RANDOM — {describe_meta(meta)}", meta, spec=spec))
+    return entries
+
+
+@st.cache_resource(show_spinner="Loading model…", max_entries=16)
+def load_model(key: str, path: str | None, spec: str | None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Load one model per process, keyed by content hash; raises ``resattn.CheckpointError`` for a bad file."""
+    with _LOAD_LOCK:
+        if path is not None:
+            return resattn.load_checkpoint(path)
+        meta = random_meta(spec or "")
+        torch.manual_seed(0)  # the same random weights in every process and session
+        try:
+            model = resattn.create_model(meta["model"], **meta["overrides"])
+        except (TypeError, ValueError) as exc:
+            raise resattn.CheckpointError(f"random model {spec!r} cannot be built: {exc}") from exc
+        return model.eval(), meta
+
+
+def load_entry(entry: ModelEntry) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The entry's model (cached); raises ``resattn.CheckpointError`` if it cannot be read or built."""
+    if entry.error:
+        raise resattn.CheckpointError(entry.error)
+    return load_model(entry.key, str(entry.path) if entry.path else None, entry.spec)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Derived data, cached by (model key, image hash, ...)
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TraceData:
+    """A trace turned into NumPy (picklable for st.cache_data): probabilities and per-module maps."""
+
+    probs: np.ndarray
+    modules: list[dict[str, Any]]  # stage, index, name, mask, trunk, output, mask_path [(label, array)]
+    seconds: float
+
+    def module(self, stage: int, index: int) -> dict[str, Any]:
+        for m in self.modules:
+            if m["stage"] == stage and m["index"] == index:
+                return m
+        raise KeyError(f"no module {index} in stage {stage}")
+
+    def stage_modules(self, stage: int) -> list[dict[str, Any]]:
+        return [m for m in self.modules if m["stage"] == stage]
+
+
+def model_input(image: Image.Image, meta: dict[str, Any]) -> torch.Tensor:
+    return images.to_tensor(image, meta["input_size"], meta["mean"], meta["std"])
+
+
+def _trace_to_numpy(trace: resattn.Trace, seconds: float, with_path: bool) -> TraceData:
+    probs = torch.softmax(trace.logits.float(), dim=1)[0].numpy()
+    modules = []
+    for r in trace.modules:
+        modules.append({
+            "stage": r.stage, "index": r.index, "name": r.name,
+            "mask": r.mask[0].numpy(), "trunk": r.trunk[0].numpy(), "output": r.output[0].numpy(),
+            "mask_logits": r.mask_logits[0].numpy() if with_path else None,
+            "mask_path": [(label, t[0].numpy()) for label, t in r.mask_path] if with_path else [],
+        })
+    return TraceData(probs, modules, seconds)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def trace(model_key: str, image_hash: str, _model: torch.nn.Module, _meta: dict, _image: Image.Image,
+          with_path: bool = False, knockout: tuple[int, int, str] | None = None) -> TraceData:
+    """``resattn.inspect`` (or ``knockout``) on one image, as NumPy; cached by model key and image hash."""
+    start = time.perf_counter()
+    x = model_input(_image, _meta)
+    if knockout is None:
+        result = resattn.inspect(_model, x)
+    else:
+        result = resattn.knockout(_model, x, *knockout)
+    return _trace_to_numpy(result, time.perf_counter() - start, with_path)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def attribution_map(model_key: str, image_hash: str, method: str, target: int, stage: int, steps: int,
+                    _model: torch.nn.Module, _meta: dict, _image: Image.Image) -> tuple[np.ndarray, float]:
+    """One attribution map at the model input's resolution, and the seconds it took."""
+    start = time.perf_counter()
+    options = {"steps": steps} if method == "integrated_gradients" else {}
+    result = attribution.attribute(_model, model_input(_image, _meta), target, method, stage=stage, **options)
+    return result, time.perf_counter() - start
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def layer_shapes(model_key: str, _model: torch.nn.Module, _meta: dict) -> list[tuple[str, str, tuple[int, ...]]]:
+    """(name, kind, output shape) of every top-level layer and every unit of each stage, for a live diagram.
+
+    Runs the children one after another on a zero input of the model's input size (no hooks on the shared
+    model, so it is safe while other sessions use it)."""
+    x = torch.zeros(model_input(Image.new("RGB", (8, 8)), _meta).shape)
+    rows: list[tuple[str, str, tuple[int, ...]]] = [("input", "image", tuple(x.shape))]
+    with torch.no_grad():
+        for name, child in _model.named_children():
+            if name == "fc":
+                x = torch.flatten(x, 1)
+            if name.startswith("stage") and isinstance(child, torch.nn.Sequential):
+                for sub, unit in child.named_children():
+                    x = unit(x)
+                    rows.append((f"{name}.{sub}", type(unit).__name__, tuple(x.shape)))
+            else:
+                x = child(x)
+                rows.append((name, type(child).__name__, tuple(x.shape)))
+    return rows

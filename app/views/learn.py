@@ -1,0 +1,123 @@
+"""Learn: a guided tour of the paper with the loaded network: equations, architecture, mask branch, knock-out."""
+
+import time
+
+import numpy as np
+import streamlit as st
+
+import components
+import state
+from resattn import maps
+from resattn.attention import CHANNEL_EPS, SPATIAL_EPS
+
+st.title("Learn: Residual Attention Network (Wang et al., CVPR 2017)")
+start = time.perf_counter()
+
+st.header("1. Attention residual learning")
+st.markdown("Each attention module splits into a **trunk** branch T(x), which processes features, and a **soft "
+            "mask** branch M(x) ∈ [0, 1] of the same shape, which weighs them (i: position, c: channel).")
+left, right = st.columns(2)
+with left:
+    st.markdown("**Naive attention learning (NAL), Eq. 1**")
+    st.latex(r"H_{i,c}(x) = M_{i,c}(x)\cdot T_{i,c}(x)")
+    st.markdown("Repeated multiplication by values in [0, 1] shrinks deep features, and the mask also gates the "
+                "trunk's gradient (Eq. 2):")
+    st.latex(r"\frac{\partial\, M(x,\theta)\,T(x,\phi)}{\partial \phi} = M(x,\theta)\,\frac{\partial T(x,\phi)}{\partial\phi}")
+with right:
+    st.markdown("**Attention residual learning (ARL), Eq. 3**")
+    st.latex(r"H_{i,c}(x) = \bigl(1 + M_{i,c}(x)\bigr)\cdot F_{i,c}(x)")
+    st.markdown("With M ≈ 0 the module passes the trunk features through (an identity fallback), so stacking "
+                "modules does not erode features; the gain lies in [1, 2].")
+
+st.header("2. The three mask activations (§3.3)")
+st.markdown("x is the mask branch's output before the activation (the second 1×1 conv); x_i ∈ ℝ^C its channel "
+            "vector at position i.")
+a1, a2, a3 = st.columns(3)
+with a1:
+    st.markdown("**Mixed, f₁** (default)")
+    st.latex(r"f_1(x_{i,c}) = \frac{1}{1 + e^{-x_{i,c}}}")
+with a2:
+    st.markdown("**Channel, f₂**")
+    st.latex(r"f_2(x_{i,c}) = \frac{x_{i,c}}{\sqrt{\sum_{c'} x_{i,c'}^2 + \varepsilon_2^2}}")
+with a3:
+    st.markdown("**Spatial, f₃**")
+    st.latex(r"f_3(x_{i,c}) = \frac{1}{1 + \exp\!\bigl(-(x_{i,c} - \mathrm{mean}_c)/\sqrt{\mathrm{var}_c + \varepsilon_3}\bigr)}")
+st.warning(
+    "**What the paper leaves unspecified: choices made here** (paper-spec §2, §3.3, §8)\n\n"
+    f"- f₂: ε₂ = {CHANNEL_EPS:g} inside the norm (the paper gives none). f₂ is **not** in [0, 1]: values lie in "
+    "[−1, 1] with squares summing to 1 over channels (≈ 1/√C each), so under ARL (1 + M) stays close to 1.\n"
+    f"- f₃: mean_c and var_c are computed **per sample over H×W** with the population (biased) variance and "
+    f"ε₃ = {SPATIAL_EPS:g} (the paper does not say per sample or per batch).\n"
+    "- No reference implementation (official Caffe, tengshaofeng, GluonCV) contains f₂ or f₃.\n"
+    "- **The CIFAR architecture is an unverified reconstruction**: the paper gives no CIFAR table. Here: 3×3 stem "
+    "with 16 channels, stages 64/128/256 wide at 32/16/8 px, mask pools 2/1/0, one strided unit before and one "
+    "unit after each stage's modules (depth 36m + 20).\n"
+    "- Mask upsampling is bilinear with align_corners=True, inferred (not verified) from the Caffe Interp layer."
+)
+
+ctx = components.context()
+if ctx is None:
+    st.stop()
+components.model_banner(ctx)
+
+st.header("3. The loaded network, with live tensor shapes")
+shapes = state.layer_shapes(ctx.entry.key, ctx.model, ctx.meta)
+config = getattr(ctx.model, "config", None)
+if config is not None:
+    st.markdown(f"`{ctx.meta['model']}` — {config.variant} topology, modules per stage {tuple(config.modules)}, "
+                f"p={config.p}, t={config.t}, r={config.r}, mask pools {tuple(config.pools)}, "
+                f"{config.attention} attention, {config.learning.upper()}, trunk depth {config.depth}.")
+lines = ['digraph G { rankdir=LR; node [shape=box, fontsize=10, style="rounded,filled", fillcolor="#eef3fb"];']
+for i, (name, kind, shape) in enumerate(shapes):
+    fill = ', fillcolor="#ffe4c4"' if kind == "AttentionModule" else ""
+    dims = "×".join(str(d) for d in shape[1:])
+    lines.append(f'n{i} [label="{name}\\n{kind}\\n{dims}"{fill}];')
+    if i:
+        lines.append(f"n{i - 1} -> n{i};")
+lines.append("}")
+st.graphviz_chart("\n".join(lines))
+st.dataframe([{"layer": n, "kind": k, "output shape": " × ".join(map(str, s))} for n, k, s in shapes],
+             hide_index=True)
+
+st.header("4. Inside one soft mask branch")
+data = ctx.trace(with_path=True)
+if not data.modules:
+    st.info("This model has no attention modules.")
+    st.stop()
+record = data.module(ctx.stage, ctx.index)
+st.markdown(f"Stage {ctx.stage}, module {ctx.index} (`{record['name']}`): every map along the bottom-up "
+            "(max-pool + units) / top-down (bilinear upsampling + skip) path, channel mean, then the activation.")
+path = list(record["mask_path"]) + [("mask M (after the activation)", record["mask"])]
+for first in range(0, len(path), 4):
+    for column, (label, tensor) in zip(st.columns(4), path[first : first + 4]):
+        with column:
+            reduced = maps.reduce_channels(tensor, "mean")
+            stats = maps.describe(reduced)
+            st.markdown(f"**{label}**  \n{tensor.shape[0]}×{tensor.shape[1]}×{tensor.shape[2]}")
+            if stats.ok:
+                low, high, diverging = maps.value_range(stats)
+                st.image(maps.colorize(maps.upsample(reduced, (128, 128)), low, high,
+                                       "RdBu_r" if diverging else "viridis"))
+                st.caption(stats.summary())
+            else:
+                st.warning(stats.problem)
+
+st.header("5. Knock-out: what if the mask were different?")
+st.markdown("Replace this module's mask by **0** (under ARL the module passes T through), **1** (uniform maximum "
+            "weight) or its **spatial mean** per channel (keeps *how much*, removes *where*), and see how the "
+            "prediction changes.")
+mode = st.radio("Set the mask to", ["zero", "one", "mean"], key="knockout", horizontal=True,
+                format_func={"zero": "0", "one": "1", "mean": "spatial mean"}.get)
+changed = ctx.trace(knockout=(ctx.stage, ctx.index, mode))
+before, after = data.probs, changed.probs
+top = [int(i) for i in np.argsort(-before)[:5]]
+st.dataframe([{"class": ctx.class_name(i), "before": float(before[i]), "after": float(after[i]),
+               "change": float(after[i] - before[i])} for i in top], hide_index=True)
+new_top = int(np.argmax(after))
+eps = 1e-12
+kl = float(np.sum(before * (np.log(before + eps) - np.log(after + eps))))
+st.metric("Top-1 after knock-out", ctx.class_name(new_top),
+          delta="unchanged" if new_top == top[0] else f"was {ctx.class_name(top[0])}",
+          delta_color="off" if new_top == top[0] else "inverse")
+st.caption(f"KL(before ‖ after) = {kl:.4f} nats")
+st.caption(f"⏱ Page computed in {(time.perf_counter() - start) * 1000:.0f} ms")

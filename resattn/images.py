@@ -1,0 +1,309 @@
+"""Safe image loading for the explorer, the command lines and the jobs.
+
+Everything a user can hand us goes through :func:`load_image`: it reads only formats we expect, refuses
+decompression bombs *before* decoding, applies the EXIF orientation, converts every mode (greyscale, palette,
+RGBA, CMYK, 16-bit) to 8-bit RGB, takes the first frame of an animation and downscales very large images. Any
+way a file can be wrong raises :class:`ImageError` with a message a user can act on.
+
+The offline gallery lists sample photos that ship inside installed packages (scikit-image, scikit-learn,
+matplotlib) and, when ``RESATTN_GALLERY_DATA`` names a dataset folder or zip with a ``test/`` or ``val/`` split,
+a few of its images read straight from the zip (never extracted).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import warnings
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import Tensor
+
+__all__ = [
+    "ImageError",
+    "FORMATS",
+    "EXTENSIONS",
+    "MAX_BYTES",
+    "MAX_PIXELS",
+    "MAX_SIDE",
+    "load_image",
+    "image_hash",
+    "fit_to_input",
+    "to_tensor",
+    "GalleryItem",
+    "gallery",
+]
+
+#: Formats the explorer accepts (PIL's names; MPO is what phone cameras write for JPEG).
+FORMATS: frozenset[str] = frozenset({"PNG", "JPEG", "MPO", "WEBP", "BMP", "GIF", "TIFF"})
+#: File extensions offered in the upload dialog.
+EXTENSIONS: tuple[str, ...] = ("png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff")
+#: Largest file we read (bytes); the app's upload cap in .streamlit/config.toml is the same order.
+MAX_BYTES = 50 * 1024 * 1024
+#: Largest image we decode (pixels); a larger header is a decompression bomb, refused before decoding.
+MAX_PIXELS = 64_000_000
+#: Images are downscaled so that their longer side is at most this many pixels before anything else.
+MAX_SIDE = 1024
+#: Largest zip member the gallery reads from a dataset archive.
+MAX_MEMBER_BYTES = 8 * 1024 * 1024
+
+
+class ImageError(ValueError):
+    """A file cannot be used as an image; the message says why."""
+
+
+def _open(data: bytes, name: str, max_pixels: int) -> Image.Image:
+    """Open the header only, check format and size; decoding happens later, once we know it is safe."""
+    if not data:
+        raise ImageError(f"{name} is empty (0 bytes)")
+    if len(data) > MAX_BYTES:
+        raise ImageError(f"{name} is {len(data) / 2**20:.1f} MiB; the limit is {MAX_BYTES // 2**20} MiB")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"{name} is refused as a decompression bomb: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError(f"{name} is not an image, or its format is not recognised") from exc
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ImageError(f"{name} is corrupt: {exc}") from exc
+    if image.format not in FORMATS:
+        raise ImageError(
+            f"{name} is a {image.format} image, which is not supported; use one of {', '.join(sorted(FORMATS - {'MPO'}))}"
+        )
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise ImageError(f"{name} has no pixels ({width}×{height})")
+    if width * height > max_pixels:
+        raise ImageError(
+            f"{name} is {width}×{height} = {width * height / 1e6:.0f} megapixels, over the "
+            f"{max_pixels / 1e6:.0f}-megapixel limit (a possible decompression bomb); it was not decoded"
+        )
+    return image
+
+
+def _to_8bit(array: np.ndarray) -> np.ndarray:
+    """Map a 16/32-bit integer or float image to uint8, keeping its relative intensities."""
+    array = array.astype(np.float64)
+    finite = array[np.isfinite(array)]
+    if finite.size == 0:
+        return np.zeros(array.shape, np.uint8)
+    lo, hi = float(finite.min()), float(finite.max())
+    if lo >= 0 and hi <= 1.0:
+        scale = 1.0  # float image in [0, 1]
+    elif lo >= 0 and hi <= 255:
+        scale = 255.0
+    elif lo >= 0 and hi <= 65535:
+        scale = 65535.0  # 16-bit
+    else:
+        array, scale = array - lo, max(hi - lo, 1e-12)
+    return np.clip(np.nan_to_num(array) / scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode to RGB. Transparency is composited on white, so it does not turn black."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        return Image.fromarray(_to_8bit(np.asarray(image)), "L").convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
+
+
+def load_image(
+    source: bytes | str | os.PathLike[str],
+    name: str | None = None,
+    *,
+    max_side: int = MAX_SIDE,
+    max_pixels: int = MAX_PIXELS,
+) -> Image.Image:
+    """Read an image file (bytes or path) safely and return it as 8-bit RGB, oriented and at most ``max_side``.
+
+    Raises :class:`ImageError` for empty, oversized, corrupt, truncated, non-image and unsupported files.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data, name = bytes(source), name or "the file"
+    else:
+        path = Path(source)
+        name = name or path.name
+        if not path.is_file():
+            raise ImageError(f"{name}: no such file")
+        if path.stat().st_size > MAX_BYTES:
+            raise ImageError(f"{name} is larger than {MAX_BYTES // 2**20} MiB")
+        data = path.read_bytes()
+    image = _open(data, name, max_pixels)
+    try:
+        image.seek(0)  # first frame of a GIF / multi-page TIFF
+        if image.format in ("JPEG", "MPO"):
+            image.draft("RGB", (max_side, max_side))  # decode big JPEGs at a reduced scale directly
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image.load()
+        image = ImageOps.exif_transpose(image) or image
+        image = _to_rgb(image)
+    except ImageError:
+        raise
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"{name} is truncated or corrupt: {exc}") from exc
+    if max(image.size) > max_side:
+        image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return image
+
+
+def image_hash(image: Image.Image) -> str:
+    """SHA-256 of the decoded RGB pixels and size: the cache key for every map derived from an image."""
+    digest = hashlib.sha256(f"{image.mode}{image.size}".encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()
+
+
+def _size_pair(size: int | Sequence[int]) -> tuple[int, int]:
+    """``input_size`` from checkpoint meta as (height, width); accepts 32, [32, 32] or [3, 32, 32]."""
+    if isinstance(size, int):
+        return size, size
+    values = [int(v) for v in size]
+    return (values[-2], values[-1]) if len(values) >= 2 else (values[0], values[0])
+
+
+def fit_to_input(image: Image.Image, input_size: int | Sequence[int]) -> Image.Image:
+    """Centre-crop ``image`` to the aspect ratio of the model input, keeping its resolution.
+
+    This is the region the model sees, so maps upsampled to it line up with the picture.
+    """
+    height, width = _size_pair(input_size)
+    return ImageOps.fit(image, _fit_size(image.size, width / height), Image.Resampling.BICUBIC)
+
+
+def _fit_size(size: tuple[int, int], aspect: float) -> tuple[int, int]:
+    w, h = size
+    return (w, max(1, round(w / aspect))) if w / h < aspect else (max(1, round(h * aspect)), h)
+
+
+def to_tensor(
+    image: Image.Image,
+    input_size: int | Sequence[int],
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> Tensor:
+    """Preprocess as the checkpoint was trained: crop to the input aspect, resize, scale to [0, 1], normalise.
+
+    Returns a 1×3×H×W float tensor.
+    """
+    height, width = _size_pair(input_size)
+    fitted = fit_to_input(image, (height, width)).resize((width, height), Image.Resampling.BILINEAR)
+    x = torch.from_numpy(np.asarray(fitted, dtype=np.float32).copy()).permute(2, 0, 1) / 255.0
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    return ((x - mean_t) / std_t).unsqueeze(0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Gallery
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GalleryItem:
+    """One gallery photo: a label for the picker, where it comes from, and how to read its bytes."""
+
+    label: str
+    source: str
+    read: Callable[[], bytes]
+
+
+def _package_photos() -> list[GalleryItem]:
+    """Photos shipped inside installed packages; a package that is missing is skipped."""
+    found: list[tuple[str, str, Path]] = []
+    try:
+        import skimage
+
+        root = Path(skimage.__file__).parent / "data"
+        for stem, label in (("astronaut.png", "astronaut"), ("chelsea.png", "cat (Chelsea)"),
+                            ("coffee.png", "coffee cup"), ("rocket.jpg", "rocket"), ("motorcycle_left.png", "motorcycle"),
+                            ("camera.png", "cameraman (greyscale)")):
+            found.append((label, "scikit-image", root / stem))
+    except ImportError:
+        pass
+    try:
+        import sklearn.datasets
+
+        root = Path(sklearn.datasets.__file__).parent / "images"
+        found += [("china (temple)", "scikit-learn", root / "china.jpg"), ("flower", "scikit-learn", root / "flower.jpg")]
+    except ImportError:
+        pass
+    try:
+        import matplotlib
+
+        found.append(("Grace Hopper", "matplotlib", Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"))
+    except ImportError:
+        pass
+    return [GalleryItem(label, source, path.read_bytes) for label, source, path in found if path.is_file()]
+
+
+def _split_members(names: Sequence[str]) -> list[str]:
+    """Image members of the ``test/`` (else ``val/``) split: the first one per class folder, classes sorted."""
+    for split in ("test", "val"):
+        first: dict[str, str] = {}
+        for name in sorted(names):
+            parts = name.strip("/").split("/")
+            if len(parts) >= 3 and parts[-3] == split and parts[-1].lower().endswith(tuple(EXTENSIONS)):
+                first.setdefault(parts[-2], name)
+        if first:
+            return [first[c] for c in sorted(first)]
+    return []
+
+
+def _zip_reader(path: Path, member: str) -> Callable[[], bytes]:
+    def read() -> bytes:
+        with zipfile.ZipFile(path) as archive:
+            info = archive.getinfo(member)
+            if info.file_size > MAX_MEMBER_BYTES:
+                raise ImageError(f"{member} in {path.name} is {info.file_size} bytes; the limit is {MAX_MEMBER_BYTES}")
+            with archive.open(info) as fh:
+                data = fh.read(MAX_MEMBER_BYTES + 1)
+            if len(data) > MAX_MEMBER_BYTES:
+                raise ImageError(f"{member} in {path.name} expands beyond {MAX_MEMBER_BYTES} bytes")
+            return data
+
+    return read
+
+
+def dataset_samples(location: str | os.PathLike[str], limit: int = 10) -> list[GalleryItem]:
+    """Up to ``limit`` images from the test/val split of a dataset folder or zip (one per class)."""
+    path = Path(location)
+    if path.is_file() and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            infos = {i.filename: i for i in archive.infolist() if not i.is_dir()}
+        members = [m for m in _split_members(list(infos)) if infos[m].file_size <= MAX_MEMBER_BYTES][:limit]
+        return [GalleryItem(f"{m.split('/')[-2]} ({Path(m).name})", path.name, _zip_reader(path, m)) for m in members]
+    if path.is_dir():
+        files = [str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()]
+        members = _split_members(files)[:limit]
+        return [GalleryItem(f"{m.split('/')[-2]} ({Path(m).name})", path.name, (path / m).read_bytes) for m in members]
+    return []
+
+
+def gallery(dataset: str | os.PathLike[str] | None = None) -> list[GalleryItem]:
+    """The offline gallery: package sample photos, then dataset samples if ``dataset`` (or the
+    ``RESATTN_GALLERY_DATA`` environment variable) names a folder or zip."""
+    items = _package_photos()
+    dataset = dataset or os.environ.get("RESATTN_GALLERY_DATA")
+    if dataset:
+        try:
+            items += dataset_samples(dataset)
+        except (OSError, zipfile.BadZipFile):
+            pass  # a misconfigured dataset must not take the gallery down
+    return items

@@ -1,0 +1,72 @@
+"""Captum wrappers return input-resolution maps that depend on the class; agreement metrics behave."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from imagefiles import single_thread  # noqa: F401 - autouse fixture
+
+import resattn
+
+from resattn import attribution
+
+
+@pytest.fixture(scope="module")
+def model():
+    """A quarter-width Attention-56 (CIFAR topology), built once for the module, in eval mode."""
+    torch.manual_seed(0)
+    return resattn.create_model("attention56_cifar", width_mult=0.25).eval()
+
+
+@pytest.fixture
+def x():
+    torch.manual_seed(1)
+    return torch.randn(1, 3, 16, 16)  # small input keeps Occlusion and IG fast; the network takes any size
+
+
+@pytest.mark.parametrize("method", attribution.METHODS)
+def test_methods_give_finite_maps_at_input_resolution(model, x, method):
+    options = {"steps": 4} if method == "integrated_gradients" else {"window": 8} if method == "occlusion" else {}
+    amap = attribution.attribute(model, x, target=3, method=method, stage=2, **options)
+    assert amap.shape == (16, 16) and np.isfinite(amap).all() and np.ptp(amap) > 0
+    assert not model.training
+
+
+def test_grad_cam_is_non_negative_and_class_dependent(model, x):
+    a = attribution.grad_cam(model, x, 0, stage=3)
+    b = attribution.grad_cam(model, x, 7, stage=3)
+    assert (a >= 0).all() and not np.allclose(a, b)
+
+
+def test_integrated_gradients_completeness(model, x):
+    """IG's sum approximates f(x) − f(baseline) for the target logit."""
+    amap = attribution.integrated_gradients(model, x, 2, steps=64)
+    with torch.no_grad():
+        delta = (model(x) - model(torch.zeros_like(x)))[0, 2].item()
+    assert amap.sum() == pytest.approx(delta, rel=0.1, abs=0.05)
+
+
+def test_unknown_method(model, x):
+    with pytest.raises(ValueError, match="method"):
+        attribution.attribute(model, x, 0, "lime")
+
+
+def test_spearman_and_iou_on_known_maps():
+    a = np.arange(100, dtype=float).reshape(10, 10)
+    assert attribution.spearman(a, a * 3 + 1) == pytest.approx(1.0)
+    assert attribution.spearman(a, -a) == pytest.approx(-1.0)
+    assert attribution.top_iou(a, a) == pytest.approx(1.0)
+    assert attribution.top_iou(a, -a) == pytest.approx(0.0)
+    shifted = np.roll(a.ravel(), 10).reshape(10, 10)  # top 20 values share half their pixels
+    assert attribution.top_iou(a, shifted) == pytest.approx(10 / 30)
+
+
+def test_agreement_is_nan_for_constant_maps_and_uses_magnitude():
+    a = np.arange(16, dtype=float).reshape(4, 4)
+    assert np.isnan(attribution.spearman(a, np.ones((4, 4))))
+    assert np.isnan(attribution.top_iou(a, np.ones((4, 4))))
+    assert attribution.agreement(a, -a)["spearman"] == pytest.approx(1.0)  # |−a| ranks like a
+    with pytest.raises(ValueError, match="shape"):
+        attribution.spearman(a, np.ones((2, 2)))

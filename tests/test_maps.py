@@ -1,0 +1,123 @@
+"""Channel reductions, range- and sign-keeping scales, NaN/constant flags, overlays and mask statistics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from imagefiles import single_thread  # noqa: F401 - autouse fixture
+
+from resattn import maps
+
+
+@pytest.fixture
+def tensor():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(6, 5, 7)).astype(np.float32)
+
+
+def test_reductions_match_numpy(tensor):
+    np.testing.assert_allclose(maps.reduce_channels(tensor, "mean"), tensor.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(maps.reduce_channels(tensor, "max"), tensor.max(0))
+    np.testing.assert_array_equal(maps.reduce_channels(tensor, "channel", channel=4), tensor[4])
+    np.testing.assert_allclose(maps.reduce_channels(tensor, "topk", channels=[1, 3]), tensor[[1, 3]].mean(0))
+
+
+def test_reduction_accepts_batched_tensors(tensor):
+    batched = torch.from_numpy(tensor)[None]
+    np.testing.assert_allclose(maps.reduce_channels(batched, "mean"), tensor.mean(0), rtol=1e-6)
+
+
+def test_bad_reduction_arguments(tensor):
+    with pytest.raises(ValueError, match="out of range"):
+        maps.reduce_channels(tensor, "channel", channel=6)
+    with pytest.raises(ValueError, match="channel indices"):
+        maps.reduce_channels(tensor, "topk")
+    with pytest.raises(ValueError, match="reduction"):
+        maps.reduce_channels(tensor, "median")
+
+
+def test_topk_ranks_channels_by_mask_energy():
+    mask = np.zeros((5, 4, 4), np.float32)
+    mask[3] = 0.9
+    mask[1] = 0.5
+    mask[4, 0, 0] = 1.0
+    assert maps.topk_channels(mask, 3) == [3, 1, 4]
+    assert len(maps.topk_channels(mask, 99)) == 5
+
+
+def test_upsample_to_image_resolution_keeps_constant_maps():
+    up = maps.upsample(np.full((4, 4), 0.3, np.float32), (32, 48))
+    assert up.shape == (32, 48)
+    np.testing.assert_allclose(up, 0.3, rtol=1e-6)
+
+
+def test_describe_reports_range_and_sign():
+    stats = maps.describe(np.array([[-2.0, 1.0], [0.5, 3.0]]))
+    assert (stats.minimum, stats.maximum, stats.sign, stats.ok) == (-2.0, 3.0, "mixed", True)
+    assert maps.describe(np.array([[0.0, 1.0]])).sign == "non-negative"
+    assert maps.describe(np.array([[-1.0, -0.5]])).sign == "negative"
+
+
+@pytest.mark.parametrize("values, problem", [
+    (np.full((3, 3), 0.7), "constant"),
+    (np.array([[0.1, np.nan]]), "NaN"),
+    (np.array([[0.1, np.inf]]), "NaN or infinite"),
+])
+def test_degenerate_maps_are_flagged(values, problem):
+    stats = maps.describe(values)
+    assert not stats.ok and problem in stats.problem and problem in stats.summary()
+
+
+def test_value_range_keeps_sign_and_fixed_mask_scale():
+    signed = maps.describe(np.array([[-1.0, 4.0]]))
+    assert maps.value_range(signed) == (-4.0, 4.0, True)
+    positive = maps.describe(np.array([[1.0, 4.0]]))
+    assert maps.value_range(positive) == (0.0, 4.0, False)
+    assert maps.value_range(positive, "mask") == (0.0, 1.0, False)
+    assert maps.value_range(signed, "channel_mask") == (-1.0, 1.0, True)
+
+
+def test_view_map_draws_flagged_maps_flat():
+    picture = np.zeros((16, 16, 3), np.uint8)
+    view = maps.view_map(np.full((4, 2, 2), 0.5, np.float32), "M", picture, scale="mask")
+    assert not view.stats.ok
+    assert np.unique(view.heat).tolist() == [128]  # no stretched contrast
+
+
+def test_module_views_share_topk_channels_and_resolution():
+    rng = np.random.default_rng(1)
+    mask, trunk, out = (rng.random((8, 4, 4)).astype(np.float32) for _ in range(3))
+    picture = np.full((20, 30, 3), 100, np.uint8)
+    views = maps.module_views(mask, trunk, out, picture, how="topk", k=3)
+    assert views["M"].channels == views["T"].channels == views["H"].channels == maps.topk_channels(mask, 3)
+    for view in views.values():
+        assert view.upsampled.shape == (20, 30) and view.overlay.shape == picture.shape
+        assert view.grid is not None and view.grid.dtype == np.uint8
+
+
+def test_colorize_overlay_and_tile():
+    heat = maps.colorize(np.array([[0.0, 1.0]]), 0.0, 1.0, "gray")
+    assert heat[0, 0].tolist() == [0, 0, 0] and heat[0, 1].tolist() == [255, 255, 255]
+    image = np.full((1, 2, 3), 200, np.uint8)
+    np.testing.assert_array_equal(maps.overlay(image, heat, 0.0), image)
+    np.testing.assert_array_equal(maps.overlay(image, heat, 1.0), heat)
+    grid = maps.tile([heat] * 5, columns=2, gap=1)
+    assert grid.shape == (3 * 1 + 2, 2 * 2 + 1, 3)
+
+
+def test_to_png_roundtrip():
+    import io
+
+    from PIL import Image
+
+    picture = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(maps.to_png(picture)))), picture)
+
+
+def test_mask_statistics_and_response():
+    mask = np.array([[[0.2, 0.6], [0.8, 0.4]]], np.float32)
+    stats = maps.mask_statistics(mask)
+    assert stats["mean mask"] == pytest.approx(0.5) and stats["fraction > 0.5"] == pytest.approx(0.5)
+    assert maps.mean_abs_response(np.array([[-2.0, 2.0]])) == pytest.approx(2.0)

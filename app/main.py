@@ -16,14 +16,14 @@ if str(HERE.parent) not in sys.path:
 
 import components  # noqa: E402
 
-st.set_page_config(page_title="resattn explorer", page_icon="🔍", layout="wide")
+st.set_page_config(page_title="resattn explorer", page_icon=":material/search:", layout="wide")
 
 PAGES = [
-    st.Page("views/explore.py", title="Explore", icon="🔍", default=True),
-    st.Page("views/attribution.py", title="Attribution", icon="🎯"),
-    st.Page("views/compare.py", title="Compare", icon="⚖️"),
-    st.Page("views/learn.py", title="Learn", icon="📖"),
-    st.Page("views/train.py", title="Train", icon="🏋️"),
+    st.Page("views/explore.py", title="Explore", icon=":material/search:", default=True),
+    st.Page("views/attribution.py", title="Attribution", icon=":material/target:"),
+    st.Page("views/compare.py", title="Compare", icon=":material/compare:"),
+    st.Page("views/learn.py", title="Learn", icon=":material/school:"),
+    st.Page("views/train.py", title="Train", icon=":material/model_training:"),
 ]
 
 page = st.navigation(PAGES)

@@ -224,9 +224,12 @@ def manifest(ctx: Context, **fields: Any) -> dict[str, Any]:
 
 
 def npz_bytes(arrays: dict[str, np.ndarray], manifest_: dict[str, Any]) -> bytes:
-    """A .npz of the raw maps with the manifest stored as the ``manifest`` entry (a JSON string)."""
+    """A .npz of the raw maps with the manifest stored as the ``manifest`` entry (a JSON string).
+
+    Uncompressed: it is rebuilt on every rerun of the page, and compression would cost more than the
+    0.2 s a stage or reduction switch may take."""
     import io
 
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, manifest=np.array(json.dumps(manifest_, sort_keys=True)), **arrays)
+    np.savez(buffer, manifest=np.array(json.dumps(manifest_, sort_keys=True)), **arrays)
     return buffer.getvalue()

@@ -10,7 +10,7 @@ Configuration (environment variables):
 
 * ``RESATTN_CHECKPOINT_DIR``: where ``*.safetensors`` checkpoints are found (default: ``checkpoints/`` in the
   repository).
-* ``RESATTN_THREADS``: torch intra-op threads (default: torch's choice).
+* ``RESATTN_THREADS``: torch intra-op threads (default 1).
 * ``RESATTN_APP_MODELS``: the randomly initialised models to offer, comma-separated, each
   ``name[@input_size][:key=value;key=value]``, e.g. ``attention56_cifar:width_mult=0.25``. ``none`` offers none.
 """
@@ -41,8 +41,9 @@ DEFAULT_RANDOM = ",".join(
     + ["attention56_imagenet@160"]
 )
 _LOAD_LOCK = threading.Lock()
-if os.environ.get("RESATTN_THREADS"):  # e.g. 1 on a small machine that also trains: idle OpenMP threads spin
-    torch.set_num_threads(int(os.environ["RESATTN_THREADS"]))
+# One intra-op thread by default: one image per pass is small, sessions run in parallel threads, and on a small
+# machine that also trains, a starved second OpenMP thread makes each pass ~15x slower (scripts/bench_app.py).
+torch.set_num_threads(int(os.environ.get("RESATTN_THREADS") or 1))
 
 
 @dataclass

@@ -14,7 +14,10 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 import resattn
-from imagefiles import bad_files, encode, photo, single_thread  # noqa: F401 - autouse fixture
+try:  # tests/ may or may not be a package
+    from .imagefiles import bad_files, encode, photo, single_thread  # noqa: F401 - single_thread is an autouse fixture
+except ImportError:
+    from imagefiles import bad_files, encode, photo, single_thread  # noqa: F401
 
 APP = Path(__file__).resolve().parents[1] / "app"
 TINY = "attention56_cifar:width_mult=0.25;attention=spatial;learning=nal"

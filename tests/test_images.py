@@ -10,7 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from imagefiles import bad_files, encode, photo, single_thread  # noqa: F401 - autouse fixture
+try:  # tests/ may or may not be a package
+    from .imagefiles import bad_files, encode, photo, single_thread  # noqa: F401 - single_thread is an autouse fixture
+except ImportError:
+    from imagefiles import bad_files, encode, photo, single_thread  # noqa: F401
 from resattn import images
 from resattn.images import ImageError
 

@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from imagefiles import single_thread  # noqa: F401 - autouse fixture
+try:  # tests/ may or may not be a package
+    from .imagefiles import single_thread  # noqa: F401 - single_thread is an autouse fixture
+except ImportError:
+    from imagefiles import single_thread  # noqa: F401
 
 from resattn import maps
 

@@ -26,6 +26,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
+from .data import DataError, read_member
+
 __all__ = [
     "ImageError",
     "FORMATS",
@@ -269,14 +271,10 @@ def _split_members(names: Sequence[str]) -> list[str]:
 def _zip_reader(path: Path, member: str) -> Callable[[], bytes]:
     def read() -> bytes:
         with zipfile.ZipFile(path) as archive:
-            info = archive.getinfo(member)
-            if info.file_size > MAX_MEMBER_BYTES:
-                raise ImageError(f"{member} in {path.name} is {info.file_size} bytes; the limit is {MAX_MEMBER_BYTES}")
-            with archive.open(info) as fh:
-                data = fh.read(MAX_MEMBER_BYTES + 1)
-            if len(data) > MAX_MEMBER_BYTES:
-                raise ImageError(f"{member} in {path.name} expands beyond {MAX_MEMBER_BYTES} bytes")
-            return data
+            try:
+                return read_member(archive, member, MAX_MEMBER_BYTES)
+            except DataError as exc:
+                raise ImageError(f"{path.name}: {exc}") from exc
 
     return read
 

@@ -7,7 +7,8 @@ import torch
 
 import resattn
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One intra-op thread: tests are tiny, and a second OpenMP thread starved by other load slows them many-fold.
+torch.set_num_threads(1)
 
 
 @pytest.fixture

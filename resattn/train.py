@@ -1,0 +1,527 @@
+"""Train a Residual Attention Network: ``python -m resattn.train --help``.
+
+A small loop library with two recipes, exact resume, label noise and DistributedDataParallel under ``torchrun``.
+
+* ``paper`` — the paper's CIFAR recipe (§4.1): Nesterov SGD, momentum 0.9, weight decay 1e-4, batch 64, lr 0.1
+  divided by 10 at 64k and 96k iterations, stop at 160k; per-pixel mean subtraction; pad-4 crop and flip.
+* ``fast`` — for short budgets: Nesterov SGD, batch 128, weight decay 5e-4, a one-cycle schedule (linear warm-up
+  over the first 25% of iterations to the peak lr, then cosine to zero), label smoothing 0.1, per-channel
+  normalisation. ``benchmarks/README.md`` records what it reached.
+
+Resume state (weights, optimizer buffers, iteration, RNG states) lives in ``--state-dir``, by default under
+``~/.cache/resattn/runs/<run>``, written atomically as safetensors + JSON, so a run can be stopped at any time and
+continued with ``--resume``. Outputs go to ``--out``: ``config.json``, ``metrics.jsonl`` (one line per epoch) and
+the final checkpoint, whose metadata carries the *final-epoch* test accuracy (never a best-epoch pick).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from .checkpoint import _unwrap, save_checkpoint
+from .data import BatchIterator, Decoded, Normalizer, augment_crop_flip, augment_resized_crop_flip, label_noise, load_split
+from .registry import create_model
+
+__all__ = ["TrainConfig", "RECIPES", "train", "main", "lr_at", "evaluate_model"]
+
+RECIPES: dict[str, dict[str, Any]] = {
+    "paper": dict(
+        batch_size=64, lr=0.1, weight_decay=1e-4, schedule="step", milestones=(64_000, 96_000),
+        iterations=160_000, epochs=None, label_smoothing=0.0, per_pixel_mean=True, warmup=0.0,
+    ),
+    "fast": dict(
+        batch_size=128, lr=0.2, weight_decay=5e-4, schedule="onecycle", milestones=(),
+        iterations=None, epochs=2, label_smoothing=0.1, per_pixel_mean=False, warmup=0.25,
+    ),
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run; stored in ``config.json`` and in the checkpoint's ``recipe``."""
+
+    model: str = "attention56_cifar"
+    data: str = "cifar10"
+    recipe: str = "fast"
+    attention: str = "mixed"
+    learning: str = "arl"
+    mask: str = "hourglass"
+    width_mult: float = 1.0
+    epochs: float | None = None
+    iterations: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    label_smoothing: float | None = None
+    label_noise: float = 0.0
+    input_size: int | None = None
+    seed: int = 0
+    out: str = "runs/run"
+    state_dir: str | None = None
+    cache_dir: str | None = None
+    resume: bool = False
+    device: str = "auto"
+    channels_last: bool = True
+    bf16: bool = True
+    compile: bool = False
+    threads: int | None = None
+    train_limit: int | None = None
+    test_limit: int | None = None
+    eval_batch_size: int = 256
+    save_every: int = 200
+    stop_after: int | None = None
+    progress: str = "auto"
+    checkpoint: str | None = None
+    # filled from the recipe
+    schedule: str = field(default="", init=True)
+    milestones: tuple[int, ...] = ()
+    per_pixel_mean: bool = False
+    warmup: float = 0.0
+
+    def resolved(self) -> "TrainConfig":
+        """The config with every unset option taken from the recipe."""
+        if self.recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {sorted(RECIPES)}, got {self.recipe!r}")
+        base = RECIPES[self.recipe]
+        values = dataclasses.asdict(self)
+        for key in ("batch_size", "lr", "weight_decay", "label_smoothing"):
+            if values[key] is None:
+                values[key] = base[key]
+        if values["epochs"] is None and values["iterations"] is None:
+            values["epochs"], values["iterations"] = base["epochs"], base["iterations"]
+        values["schedule"] = base["schedule"]
+        values["milestones"] = tuple(base["milestones"])
+        values["per_pixel_mean"] = base["per_pixel_mean"]
+        values["warmup"] = base["warmup"]
+        if values["state_dir"] is None:
+            values["state_dir"] = os.path.join(
+                os.path.expanduser("~"), ".cache", "resattn", "runs", Path(values["out"]).name or "run"
+            )
+        return TrainConfig(**values)
+
+
+def lr_at(config: TrainConfig, iteration: int, total: int) -> float:
+    """The learning rate at ``iteration`` (0-based) of ``total``: a pure function, so resume needs no state."""
+    if config.schedule == "step":
+        # the paper's milestones are for batch 64 and 160k iterations; scale them to the run's length
+        scale = total / 160_000 if config.iterations != 160_000 else 1.0
+        drops = sum(iteration >= round(m * scale) for m in config.milestones)
+        return config.lr * (0.1**drops)
+    warm = max(1, int(config.warmup * total))
+    if iteration < warm:
+        return config.lr * (0.1 + 0.9 * iteration / warm)
+    progress = (iteration - warm) / max(1, total - warm)
+    return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# ---------------------------------------------------------------------------------------------- environment
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_runtime(config: TrainConfig) -> Runtime:
+    """Pick the device, threads and (under torchrun) the process group."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    want_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+    device = torch.device(f"cuda:{local_rank}" if want_cuda else "cpu")
+    if want_cuda:
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    else:
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
+        torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 1) // local_world))
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if want_cuda else "gloo")
+    return Runtime(device, rank, world_size, local_rank)
+
+
+def hardware(runtime: Runtime) -> str:
+    """A one-line description of the machine, stored with every run."""
+    if runtime.device.type == "cuda":
+        desc = f"{runtime.world_size}x {torch.cuda.get_device_name(runtime.device)}"
+    else:
+        desc = f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    return f"{desc}; torch {torch.__version__}" + (f"; {runtime.world_size} processes" if runtime.world_size > 1 else "")
+
+
+# ---------------------------------------------------------------------------------------------- resume state
+
+
+def _state_tensors(model: nn.Module, optimizer: torch.optim.Optimizer, aug: torch.Generator) -> dict[str, Tensor]:
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}
+    for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"]):
+        buf = optimizer.state.get(p, {}).get("momentum_buffer")
+        if buf is not None:
+            tensors[f"opt.{i}"] = buf.detach().cpu().contiguous()
+    tensors["rng.torch"] = torch.get_rng_state()
+    tensors["rng.aug"] = aug.get_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    return tensors
+
+
+def save_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, aug: torch.Generator, info: dict) -> None:
+    """Write resume state atomically: ``state.safetensors`` (tensors) with ``info`` as JSON metadata."""
+    path.mkdir(parents=True, exist_ok=True)
+    tmp = path / "state.safetensors.tmp"
+    save_file(_state_tensors(model, optimizer, aug), str(tmp), metadata={"info": json.dumps(info)})
+    os.replace(tmp, path / "state.safetensors")
+
+
+def load_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, aug: torch.Generator) -> dict:
+    """Restore what :func:`save_state` wrote; returns its ``info``."""
+    from safetensors import safe_open
+
+    file = path / "state.safetensors"
+    with safe_open(str(file), "pt") as fh:
+        info = json.loads(fh.metadata()["info"])
+    tensors = load_file(str(file))
+    _unwrap(model).load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    for i, p in enumerate(params):
+        if f"opt.{i}" in tensors:
+            optimizer.state[p]["momentum_buffer"] = tensors[f"opt.{i}"].to(p.device)
+    torch.set_rng_state(tensors["rng.torch"])
+    aug.set_state(tensors["rng.aug"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    return info
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: nn.Module,
+    data: Decoded,
+    normalizer: nn.Module,
+    runtime: Runtime,
+    batch_size: int = 256,
+    channels_last: bool = True,
+    bf16: bool = True,
+    num_classes: int | None = None,
+) -> dict[str, Any]:
+    """Top-1, mean loss, per-class accuracy and confusion matrix of ``model`` on a decoded split (all ranks)."""
+    model.eval()
+    k = num_classes or len(data.classes)
+    confusion = torch.zeros(k, k, dtype=torch.int64, device=runtime.device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=runtime.device)
+    batches = BatchIterator(data, batch_size, shuffle=False, rank=runtime.rank, world_size=runtime.world_size)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and runtime.device.type == "cuda")
+    for images, labels in batches.epoch(0):
+        x = normalizer(images.to(runtime.device, non_blocking=True))
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        labels = labels.to(runtime.device)
+        with autocast:
+            logits = model(x)
+        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").double()
+        confusion += torch.bincount(labels * k + logits.argmax(1), minlength=k * k).view(k, k)
+    if runtime.world_size > 1:
+        dist.all_reduce(confusion)
+        dist.all_reduce(loss_sum)
+    total = int(confusion.sum())
+    correct = int(confusion.diag().sum())
+    per_class = (confusion.diag().double() / confusion.sum(1).clamp(min=1).double()).tolist()
+    return {
+        "top1": correct / max(total, 1),
+        "loss": float(loss_sum) / max(total, 1),
+        "per_class": {name: round(acc, 6) for name, acc in zip(data.classes, per_class)},
+        "confusion": confusion.cpu().tolist(),
+        "images": total,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+class _Stop(Exception):
+    pass
+
+
+def _subset(data: Decoded, limit: int | None, seed: int) -> Decoded:
+    if limit is None or limit >= len(data.labels):
+        return data
+    idx = torch.randperm(len(data.labels), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+    return Decoded(data.images[idx], data.labels[idx], data.classes, data.source)
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Run (or resume) a training run; returns the final metrics. Rank 0 writes every output."""
+    config = config.resolved()
+    runtime = setup_runtime(config)
+    out = Path(config.out)
+    state_dir = Path(config.state_dir)  # type: ignore[arg-type]
+    log = (lambda *a: print(*a, flush=True)) if runtime.main else (lambda *a: None)
+    log("resattn.train configuration:\n" + json.dumps(dataclasses.asdict(config), indent=2))
+
+    torch.manual_seed(config.seed)
+    train_data = _subset(load_split(config.data, "train", config.input_size, config.cache_dir, progress=runtime.main and sys.stderr.isatty()), config.train_limit, config.seed)
+    test_data = _subset(load_split(config.data, "test", config.input_size, config.cache_dir, progress=runtime.main and sys.stderr.isatty()), config.test_limit, config.seed)
+    num_classes = len(train_data.classes)
+    clean_labels = train_data.labels
+    train_data = Decoded(train_data.images, label_noise(clean_labels, config.label_noise, num_classes, config.seed), train_data.classes, train_data.source)
+    noisy_fraction = float((train_data.labels != clean_labels).float().mean())
+    input_size = train_data.images.shape[-1]
+    small = input_size <= 64
+    crop_size = input_size if small else (config.input_size or input_size)
+
+    normalizer = Normalizer.from_images(train_data.images, per_pixel=config.per_pixel_mean).to(runtime.device)
+    overrides = dict(attention=config.attention, learning=config.learning, mask=config.mask, num_classes=num_classes)
+    if config.width_mult != 1.0:
+        overrides["width_mult"] = config.width_mult
+    if config.model.startswith("resnet"):
+        overrides = {"num_classes": num_classes} | ({"width_mult": config.width_mult} if config.width_mult != 1.0 else {})
+    model = create_model(config.model, **overrides).to(runtime.device)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.dim() == 1 else decay).append(p)
+    # weight decay on conv / FC weights only: decaying BN scale and shift only slows short runs down
+    optimizer = torch.optim.SGD(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr, momentum=0.9, nesterov=True,
+    )
+    aug = torch.Generator().manual_seed(config.seed + 1)
+    batches = BatchIterator(train_data, config.batch_size, shuffle=True, seed=config.seed, drop_last=True,
+                            rank=runtime.rank, world_size=runtime.world_size)
+    per_epoch = batches.batches_per_epoch()
+    total = config.iterations or int(round(config.epochs * per_epoch))  # type: ignore[operator]
+    num_epochs = math.ceil(total / per_epoch)
+
+    iteration = 0
+    if config.resume and (state_dir / "state.safetensors").exists():
+        info = load_state(state_dir, model, optimizer, aug)
+        iteration = info["iteration"]
+        log(f"resumed from {state_dir} at iteration {iteration}")
+    elif config.resume:
+        log(f"--resume: no state in {state_dir}; starting from scratch")
+    train_module: nn.Module = model
+    if runtime.world_size > 1:
+        train_module = nn.parallel.DistributedDataParallel(
+            model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None
+        )
+    if config.compile:
+        train_module = torch.compile(train_module)
+
+    if runtime.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+    hw = hardware(runtime)
+    log(f"hardware: {hw}; {len(train_data.labels)} train / {len(test_data.labels)} test images; "
+        f"{total} iterations ({per_epoch} per epoch, {num_epochs} epochs)")
+
+    stop_requested = {"flag": False}
+
+    def request_stop(signum: int, frame: Any) -> None:  # noqa: ARG001 - signal handler signature
+        stop_requested["flag"] = True
+
+    old_handler = signal.signal(signal.SIGTERM, request_stop) if runtime.main and _main_thread() else None
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.bf16 and runtime.device.type == "cuda")
+    show_bar = runtime.main and (config.progress == "bar" or (config.progress == "auto" and sys.stderr.isatty()))
+    session_start_iteration = iteration
+    metrics: dict[str, Any] = {}
+    try:
+        while iteration < total:
+            epoch, start_batch = divmod(iteration, per_epoch)
+            model.train()
+            seen, correct_sum, loss_sum, t0 = 0, torch.zeros((), device=runtime.device), torch.zeros((), device=runtime.device), time.perf_counter()
+            steps = min(per_epoch, total - epoch * per_epoch) - start_batch
+            bar = None
+            if show_bar:
+                from tqdm import tqdm
+
+                bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{num_epochs}", unit="it", leave=False)
+            for images, labels in batches.epoch(epoch, start_batch):
+                if iteration >= total:
+                    break
+                lr = lr_at(config, iteration, total)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                x = normalizer(images.to(runtime.device, non_blocking=True))
+                x = augment_crop_flip(x, generator=aug) if small else augment_resized_crop_flip(x, crop_size, generator=aug)
+                x = x.contiguous(memory_format=memory_format)
+                labels = labels.to(runtime.device, non_blocking=True)
+                with autocast:
+                    logits = train_module(x)
+                    loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                iteration += 1
+                seen += len(labels)
+                loss_sum += loss.detach() * len(labels)
+                correct_sum += (logits.detach().argmax(1) == labels).sum()
+                if bar is not None:
+                    bar.update(1)
+                    if iteration % 10 == 0:
+                        bar.set_postfix(loss=f"{float(loss):.3f}", lr=f"{lr:.3g}")
+                stop_now = stop_requested["flag"] or (config.stop_after is not None and iteration - session_start_iteration >= config.stop_after)
+                if runtime.main and (iteration % config.save_every == 0 or stop_now):
+                    save_state(state_dir, model, optimizer, aug, {"iteration": iteration, "config": dataclasses.asdict(config)})
+                if stop_now:
+                    raise _Stop
+            if bar is not None:
+                bar.close()
+            elapsed = time.perf_counter() - t0
+            if runtime.world_size > 1:
+                for t in (loss_sum, correct_sum):
+                    dist.all_reduce(t)
+                seen *= runtime.world_size
+            test = evaluate_model(model, test_data, normalizer, runtime, config.eval_batch_size, config.channels_last, config.bf16, num_classes)
+            metrics = {
+                "epoch": epoch + 1,
+                "iteration": iteration,
+                "train_loss": float(loss_sum) / max(seen, 1),
+                "train_top1": float(correct_sum) / max(seen, 1),
+                "test_loss": test["loss"],
+                "test_top1": test["top1"],
+                "lr": lr_at(config, iteration - 1, total),
+                "images_per_s": seen / elapsed if elapsed > 0 else 0.0,
+                "epoch_seconds": elapsed,
+                "partial_epoch": start_batch > 0,
+            }
+            if runtime.main:
+                with (out / "metrics.jsonl").open("a") as fh:
+                    fh.write(json.dumps(metrics) + "\n")
+                save_state(state_dir, model, optimizer, aug, {"iteration": iteration, "config": dataclasses.asdict(config)})
+            log(f"epoch {epoch + 1}/{num_epochs}: train loss {metrics['train_loss']:.4f} acc {metrics['train_top1']:.4f} | "
+                f"test loss {test['loss']:.4f} acc {test['top1']:.4f} | {metrics['images_per_s']:.1f} img/s, {elapsed:.0f} s")
+    except _Stop:
+        log(f"stopped at iteration {iteration}; continue with --resume (state in {state_dir})")
+        return {"stopped_at": iteration}
+    finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)
+
+    final = {"test_top1": metrics["test_top1"], "test_loss": metrics["test_loss"], "train_top1": metrics["train_top1"],
+             "epochs": total / per_epoch, "iterations": total, "label_noise": config.label_noise,
+             "noisy_label_fraction": noisy_fraction, "final_epoch_reported": True}
+    if runtime.main:
+        mean, std = normalizer.channel_stats()
+        meta = {
+            "classes": train_data.classes,
+            "input_size": crop_size,
+            "mean": mean,
+            "std": std,
+            "dataset": _dataset_name(config.data),
+            "metrics": final,
+            "recipe": dataclasses.asdict(config) | {"milestones": list(config.milestones)},
+            "seed": config.seed,
+            "epochs": total / per_epoch,
+            "label_noise": config.label_noise,
+            "hardware": hw,
+        }
+        if config.per_pixel_mean:
+            meta["mean_image"] = [round(float(v), 5) for v in normalizer.mean.flatten().cpu()]
+        target = Path(config.checkpoint) if config.checkpoint else out / "model.safetensors"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(target, model, meta)
+        log(f"final-epoch test accuracy {final['test_top1']:.4f}; checkpoint {target}")
+    if runtime.world_size > 1:
+        dist.barrier()
+    return final
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _dataset_name(source: str) -> str:
+    name = Path(source.partition(":")[0] if source.startswith("cifar10") else source).name
+    return name.removesuffix(".zip") or source
+
+
+# ---------------------------------------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m resattn.train", description="Train a Residual Attention Network.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default="attention56_cifar", help="registered model name (resattn.list_models())")
+    p.add_argument("--data", default="cifar10", help="'cifar10' (torchvision download), 'cifar10:<root>', a folder or a zip with train/ and test/ (or val/)")
+    p.add_argument("--recipe", choices=sorted(RECIPES), default="fast", help="training recipe preset")
+    p.add_argument("--attention", choices=["mixed", "channel", "spatial"], default="mixed", help="mask activation")
+    p.add_argument("--learning", choices=["arl", "nal"], default="arl", help="attention residual or naive attention learning")
+    p.add_argument("--mask", choices=["hourglass", "local"], default="hourglass", help="soft mask structure")
+    p.add_argument("--width-mult", type=float, default=1.0, help="channel width multiplier")
+    p.add_argument("--epochs", type=float, help="epochs to train (overrides the recipe)")
+    p.add_argument("--iterations", type=int, help="iterations to train (overrides the recipe and --epochs)")
+    p.add_argument("--batch-size", type=int, help="mini-batch size per process")
+    p.add_argument("--lr", type=float, help="initial (paper) or peak (fast) learning rate")
+    p.add_argument("--weight-decay", type=float, help="weight decay on conv and FC weights")
+    p.add_argument("--label-smoothing", type=float, help="label smoothing of the loss")
+    p.add_argument("--label-noise", type=float, default=0.0, help="fraction of training labels replaced by another class (paper Table 5)")
+    p.add_argument("--input-size", type=int, help="resize images to this square size when decoding (needed for mixed sizes)")
+    p.add_argument("--seed", type=int, default=0, help="seed for init, data order, augmentation and label noise")
+    p.add_argument("--out", default="runs/run", help="output folder: config.json, metrics.jsonl, model.safetensors")
+    p.add_argument("--checkpoint", help="where to write the final checkpoint (default OUT/model.safetensors)")
+    p.add_argument("--state-dir", help="resume state folder (default ~/.cache/resattn/runs/<name of OUT>)")
+    p.add_argument("--cache-dir", help="cache decoded datasets here as .npy (e.g. ~/.cache/resattn/data)")
+    p.add_argument("--resume", action="store_true", help="continue from the state in --state-dir")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="training device")
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="use NCHW tensors")
+    p.add_argument("--no-bf16", dest="bf16", action="store_false", help="disable bf16 autocast on CUDA")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--threads", type=int, help="CPU threads per process (default: cores / local processes)")
+    p.add_argument("--train-limit", type=int, help="use a random subset of this many training images")
+    p.add_argument("--test-limit", type=int, help="use a random subset of this many test images")
+    p.add_argument("--eval-batch-size", type=int, default=256, help="batch size for evaluation")
+    p.add_argument("--save-every", type=int, default=200, help="write resume state every N iterations")
+    p.add_argument("--stop-after", type=int, help="stop (resumably) after N iterations in this session")
+    p.add_argument("--progress", choices=["auto", "bar", "none"], default="auto", help="tqdm progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(TrainConfig)}})
+    for key in ("cache_dir", "state_dir"):
+        if getattr(config, key):
+            setattr(config, key, os.path.expanduser(getattr(config, key)))
+    try:
+        result = train(config)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,117 @@
+"""The training pipeline on a tiny model and generated data: learning, resume, torchrun, evaluate."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import resattn
+from resattn.train import TrainConfig, build_parser, lr_at, train
+
+from .test_data import make_tree, zip_tree
+
+TINY = dict(model="attention56_cifar", width_mult=0.125, batch_size=8, eval_batch_size=16, threads=1, progress="none")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    tree = make_tree(root / "tree", per_class=(16, 4))
+    return zip_tree(tree, root / "tiny.zip")
+
+
+def test_a_short_run_learns_and_writes_its_outputs(tmp_path, dataset):
+    out = tmp_path / "run"
+    result = train(TrainConfig(**TINY, data=str(dataset), epochs=6, lr=0.05, out=str(out), state_dir=str(tmp_path / "state")))
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2, 3, 4, 5, 6]
+    assert {"train_loss", "train_top1", "test_loss", "test_top1", "lr", "images_per_s", "epoch_seconds"} <= set(lines[0])
+    assert lines[-1]["train_loss"] < lines[0]["train_loss"]
+    assert result["test_top1"] == lines[-1]["test_top1"]  # the final epoch, not the best one
+    config = json.loads((out / "config.json").read_text())
+    assert config["recipe"] == "fast" and config["batch_size"] == 8
+    model, meta = resattn.load_checkpoint(out / "model.safetensors")
+    assert meta["classes"] == ["cat", "dog", "frog"] and meta["input_size"] == 16
+    assert meta["metrics"]["test_top1"] == result["test_top1"] and meta["label_noise"] == 0.0
+    assert meta["recipe"]["recipe"] == "fast" and "CPU" in meta["hardware"] and meta["seed"] == 0
+    assert len(meta["mean"]) == 3 and len(meta["std"]) == 3
+
+
+def _final_weights(path):
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, dataset):
+    common = dict(TINY, data=str(dataset), epochs=2, label_noise=0.2)
+    train(TrainConfig(**common, out=str(tmp_path / "a"), state_dir=str(tmp_path / "sa")))
+    stopped = train(TrainConfig(**common, out=str(tmp_path / "b"), state_dir=str(tmp_path / "sb"), stop_after=5))
+    assert stopped == {"stopped_at": 5}
+    assert not (tmp_path / "b" / "model.safetensors").exists()
+    train(TrainConfig(**common, out=str(tmp_path / "b"), state_dir=str(tmp_path / "sb"), resume=True))
+    a, b = _final_weights(tmp_path / "a"), _final_weights(tmp_path / "b")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+    # a different seed really gives different weights, so the comparison above can fail
+    train(TrainConfig(**common, out=str(tmp_path / "c"), state_dir=str(tmp_path / "sc"), seed=1))
+    c = _final_weights(tmp_path / "c")
+    assert not torch.allclose(a["fc.weight"], c["fc.weight"])
+
+
+def test_paper_recipe_schedule():
+    config = TrainConfig(recipe="paper").resolved()
+    assert (config.batch_size, config.lr, config.weight_decay, config.iterations) == (64, 0.1, 1e-4, 160_000)
+    assert config.per_pixel_mean and config.label_smoothing == 0
+    assert lr_at(config, 63_999, 160_000) == pytest.approx(0.1)
+    assert lr_at(config, 64_000, 160_000) == pytest.approx(0.01)
+    assert lr_at(config, 96_000, 160_000) == pytest.approx(0.001)
+    fast = TrainConfig(recipe="fast").resolved()
+    total = 1000
+    lrs = [lr_at(fast, i, total) for i in range(total)]
+    assert max(lrs) == pytest.approx(fast.lr, rel=0.01) and lrs[-1] < 0.01 * fast.lr and lrs[0] < 0.2 * fast.lr
+
+
+def test_every_option_has_help():
+    for action in build_parser()._actions:
+        assert action.help, action.dest
+
+
+def test_torchrun_with_two_gloo_processes(tmp_path, dataset):
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "resattn.train", "--data", str(dataset), "--model", "attention56_cifar", "--width-mult", "0.125",
+           "--epochs", "1", "--batch-size", "4", "--device", "cpu", "--threads", "1", "--progress", "none",
+           "--out", str(out), "--state-dir", str(tmp_path / "state")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 1  # written once, by rank 0
+    # 48 training images, 2 processes × batch 4 → 6 iterations in the epoch
+    assert metrics[0]["iteration"] == 6
+    _, meta = resattn.load_checkpoint(out / "model.safetensors")
+    assert "2 processes" in meta["hardware"]
+
+
+def test_evaluate_cli_prints_json(tmp_path, dataset):
+    out = tmp_path / "run"
+    train(TrainConfig(**TINY, data=str(dataset), epochs=1, out=str(out), state_dir=str(tmp_path / "s")))
+    proc = subprocess.run(
+        [sys.executable, "-m", "resattn.evaluate", "--checkpoint", str(out / "model.safetensors"), "--data", str(dataset)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["images"] == 12
+    assert set(result["per_class"]) == {"cat", "dog", "frog"}
+    confusion = torch.tensor(result["confusion"])
+    assert confusion.shape == (3, 3) and confusion.sum() == 12
+    assert result["top1"] == pytest.approx(confusion.diag().sum().item() / 12)
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert result["top1"] == pytest.approx(metrics[-1]["test_top1"])

@@ -1,0 +1,105 @@
+"""Training and inference throughput of attention56_cifar: the plain path against the fast path, in one run.
+
+    python scripts/bench_train.py [--batch-size 128] [--steps 6] [--device cpu|cuda]
+
+* plain: eager, NCHW (contiguous) tensors, float32.
+* fast:  what ``resattn.train`` does: channels_last tensors and weights; on CUDA also bf16 autocast.
+
+Both paths start from the same weights and see the same batch, so their first-step losses must agree to float
+tolerance (printed). Prints a table of images/s and the fast/plain ratio; record it in benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import platform
+import time
+
+import torch
+import torch.nn.functional as F
+
+import resattn
+
+
+def _step_fn(model, optimizer, x, y, autocast):
+    def step() -> float:
+        with autocast:
+            loss = F.cross_entropy(model(x).float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    return step
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(base: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, fast: bool, steps: int, warmup: int) -> dict:
+    device = x.device
+    model = copy.deepcopy(base)
+    fmt = torch.channels_last if fast else torch.contiguous_format
+    model = model.to(memory_format=fmt).train()
+    xs = x.contiguous(memory_format=fmt)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=fast and device.type == "cuda")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    step = _step_fn(model, optimizer, xs, y, autocast)
+    first_loss = step()
+    for _ in range(warmup - 1):
+        step()
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    train_ips = steps * len(x) / (time.perf_counter() - t0)
+    model.eval()
+    with torch.inference_mode(), autocast:
+        for _ in range(warmup):
+            model(xs)
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            model(xs)
+        _sync(device)
+    infer_ips = steps * len(x) / (time.perf_counter() - t0)
+    return {"first_loss": first_loss, "train": train_ips, "infer": infer_ips}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="attention56_cifar", help="registered model name")
+    p.add_argument("--batch-size", type=int, default=128, help="images per step")
+    p.add_argument("--size", type=int, default=32, help="input side length")
+    p.add_argument("--steps", type=int, default=6, help="timed steps per measurement")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    base = resattn.create_model(args.model).to(device)
+    x = torch.randn(args.batch_size, 3, args.size, args.size, device=device)
+    y = torch.randint(0, 10, (args.batch_size,), device=device)
+    plain = measure(base, x, y, fast=False, steps=args.steps, warmup=args.warmup)
+    fast = measure(base, x, y, fast=True, steps=args.steps, warmup=args.warmup)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.machine()} CPU, {args.threads} threads"
+    print(f"{args.model}, batch {args.batch_size}, {args.size}x{args.size}, {where}, torch {torch.__version__}")
+    print(f"{'path':<28} {'train img/s':>12} {'infer img/s':>12} {'first loss':>12}")
+    fast_name = "fast (channels_last" + (", bf16)" if device.type == "cuda" else ")")
+    for name, r in (("plain (eager NCHW fp32)", plain), (fast_name, fast)):
+        print(f"{name:<28} {r['train']:>12.1f} {r['infer']:>12.1f} {r['first_loss']:>12.6f}")
+    print(f"{'ratio fast/plain':<28} {fast['train'] / plain['train']:>11.2f}x {fast['infer'] / plain['infer']:>11.2f}x")
+    diff = abs(fast["first_loss"] - plain["first_loss"])
+    tol = 1e-4 if device.type == "cpu" else 2e-2  # bf16 autocast on CUDA rounds more
+    print(f"same batch, same weights: |loss difference| = {diff:.2e} ({'OK' if diff <= tol else 'MISMATCH'}, tolerance {tol:g})")
+
+
+if __name__ == "__main__":
+    main()

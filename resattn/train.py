@@ -439,7 +439,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
             "std": std,
             "dataset": _dataset_name(config.data),
             "metrics": final,
-            "recipe": dataclasses.asdict(config) | {"milestones": list(config.milestones)},
+            "recipe": public_recipe(config),
             "seed": config.seed,
             "epochs": total / per_epoch,
             "label_noise": config.label_noise,
@@ -454,6 +454,17 @@ def train(config: TrainConfig) -> dict[str, Any]:
     if runtime.world_size > 1:
         dist.barrier()
     return final
+
+
+def public_recipe(config: TrainConfig) -> dict[str, Any]:
+    """The run's configuration as stored in a checkpoint: local paths (output, state and cache folders) are
+    dropped and the data source is reduced to its name, so a shipped checkpoint names no machine's paths."""
+    recipe = dataclasses.asdict(config)
+    for key in ("out", "state_dir", "cache_dir", "checkpoint", "progress"):
+        recipe.pop(key, None)
+    recipe["data"] = _dataset_name(config.data)
+    recipe["milestones"] = list(config.milestones)
+    return recipe
 
 
 def _main_thread() -> bool:

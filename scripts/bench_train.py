@@ -40,11 +40,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(base: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, fast: bool, steps: int, warmup: int) -> dict:
+def measure(
+    base: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, fast: bool, steps: int, warmup: int, compile: bool = False
+) -> dict:
     device = x.device
     model = copy.deepcopy(base)
     fmt = torch.channels_last if fast else torch.contiguous_format
     model = model.to(memory_format=fmt).train()
+    if compile:
+        model = torch.compile(model)
     xs = x.contiguous(memory_format=fmt)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=fast and device.type == "cuda")
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4)
@@ -80,6 +84,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads")
+    p.add_argument("--compile", action="store_true", help="also time the fast path under torch.compile")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -89,11 +94,15 @@ def main() -> None:
     y = torch.randint(0, 10, (args.batch_size,), device=device)
     plain = measure(base, x, y, fast=False, steps=args.steps, warmup=args.warmup)
     fast = measure(base, x, y, fast=True, steps=args.steps, warmup=args.warmup)
+    rows = [("plain (eager NCHW fp32)", plain)]
+    fast_name = "fast (channels_last" + (", bf16)" if device.type == "cuda" else ")")
+    rows.append((fast_name, fast))
+    if args.compile:
+        rows.append(("fast + torch.compile", measure(base, x, y, fast=True, steps=args.steps, warmup=args.warmup, compile=True)))
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.machine()} CPU, {args.threads} threads"
     print(f"{args.model}, batch {args.batch_size}, {args.size}x{args.size}, {where}, torch {torch.__version__}")
     print(f"{'path':<28} {'train img/s':>12} {'infer img/s':>12} {'first loss':>12}")
-    fast_name = "fast (channels_last" + (", bf16)" if device.type == "cuda" else ")")
-    for name, r in (("plain (eager NCHW fp32)", plain), (fast_name, fast)):
+    for name, r in rows:
         print(f"{name:<28} {r['train']:>12.1f} {r['infer']:>12.1f} {r['first_loss']:>12.6f}")
     print(f"{'ratio fast/plain':<28} {fast['train'] / plain['train']:>11.2f}x {fast['infer'] / plain['infer']:>11.2f}x")
     diff = abs(fast["first_loss"] - plain["first_loss"])

@@ -43,7 +43,7 @@ def app(checkpoints, monkeypatch):
     monkeypatch.setenv("RESATTN_CHECKPOINT_DIR", str(checkpoints))
     monkeypatch.setenv("RESATTN_APP_MODELS", TINY)
     monkeypatch.delenv("RESATTN_GALLERY_DATA", raising=False)
-    at = AppTest.from_file(str(APP / "main.py"), default_timeout=120)
+    at = AppTest.from_file(str(APP / "main.py"), default_timeout=300)  # generous: first imports are slow on a loaded 2-core machine
     return at.run()
 
 

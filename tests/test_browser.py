@@ -37,9 +37,10 @@ def _free_port() -> int:
 @pytest.fixture
 def server(tmp_path):
     port = _free_port()
-    env = {**os.environ, "RESATTN_APP_MODELS": "attention56_cifar", "RESATTN_CHECKPOINT_DIR": str(tmp_path),
-           "RESATTN_THREADS": "1"}
-    env.pop("RESATTN_GALLERY_DATA", None)
+    # the repository's own checkpoints/ (what a user gets), plus one random model
+    env = {**os.environ, "RESATTN_APP_MODELS": "attention56_cifar", "RESATTN_THREADS": "1"}
+    for key in ("RESATTN_GALLERY_DATA", "RESATTN_CHECKPOINT_DIR"):
+        env.pop(key, None)
     log = (tmp_path / "streamlit.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.headless", "true",
@@ -105,6 +106,9 @@ def test_explore_in_a_real_browser(server, tmp_path):
             page.get_by_role("option", name="stage 2").click()
             expect(page.get_by_text("Stage 2, module 1", exact=False).first).to_be_visible(timeout=60_000)
             page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')",
+                                   timeout=60_000)
+            # elements of the previous run are faded (data-stale) until the rerun replaces them
+            page.wait_for_function("() => document.querySelectorAll('[data-stale=\"true\"]').length === 0",
                                    timeout=60_000)
             page.wait_for_timeout(800)
             assert _rendered_images(page) >= 4

@@ -66,7 +66,7 @@ def _resize(x: Tensor, like: Tensor) -> Tensor:
     """Bilinear resize of ``x`` to the spatial size of ``like``.
 
     The official Caffe ``Interp`` layer resizes its first input to the second's size with the DeepLab kernel,
-    whose coordinate mapping is PyTorch's ``align_corners=True`` (paper-spec §1.3: a strong inference).
+    whose coordinate mapping is PyTorch's ``align_corners=True`` (a strong inference from the kernel the layer calls, not verified).
     """
     if x.shape[-2:] == like.shape[-2:]:
         return x

@@ -1,6 +1,6 @@
 """Parameter and multiply-accumulate counts, comparable with the paper's Table 2 / Table 7 figures.
 
-The paper's "FLOPs" are multiply-accumulates (paper-spec §3.1: recounting the official prototxts gives 6.27G for
+The paper's "FLOPs" are multiply-accumulates (recounting the official prototxts gives 6.27G for
 Attention-56, matching the paper's 6.2–6.3G). We count the MACs of convolutions and matrix products with
 PyTorch's own FLOP counter (one MAC = two FLOPs); BN, ReLU, pooling and interpolation are not counted, as in the
 paper's convention.

@@ -1,10 +1,10 @@
 """Residual Attention Networks and the pre-activation ResNet-164 baseline.
 
-Two topologies (paper-spec §3):
+Two topologies:
 
 * ``imagenet`` — Table 2 of the paper, 224×224 input: 7×7/2 stem + max-pool, stages at 56/28/14 with widths
   256/512/1024 and mask pools 3/2/1, then three 2048-wide units at 7×7. The official release adds no other layer.
-* ``cifar`` — a reconstruction for 32×32 input (the paper gives no CIFAR table; paper-spec §3.3, *unverified*):
+* ``cifar`` — a reconstruction for 32×32 input (the paper gives no CIFAR table, so this is *unverified*):
   3×3 stem with 16 channels, stages at 32/16/8 with widths 64/128/256 (ResNet-164 widths) and mask pools 2/1/0,
   ``m`` modules in every stage. The paper "adds two residual units at each stage": here one strided entry unit
   before the stage's modules and one unit after them, which keeps the depth at 36m + 20.
@@ -57,7 +57,7 @@ class ResidualAttentionNetwork(nn.Module):
     """Stem, three attention stages, (ImageNet only) a 7×7 tail, then BN-ReLU, global average pool and FC.
 
     The global average pool is adaptive, so any input size works (the paper tests Attention-92 at 320×320,
-    where the 7×7 pool of Table 2 could not feed the classifier; paper-spec §3.1).
+    where the 7×7 pool of Table 2 could not feed the classifier).
     """
 
     def __init__(self, config: NetworkConfig) -> None:

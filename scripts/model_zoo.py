@@ -1,5 +1,5 @@
 """Print the README's model-zoo table: parameters and multiply-accumulates of every registered model next to
-the paper's figures (Tables 2, 6, 7) and the recount of the official prototxts (paper-spec §3.1).
+the paper's figures (Tables 2, 6, 7) and the recount of the official prototxts.
 
     python scripts/model_zoo.py
 """
@@ -12,7 +12,7 @@ import resattn
 PAPER = {
     "attention56_imagenet": ("31.9M", "6.2G (T2) / 6.3G (T7)", "prototxt recount 31.8M / 6.27G"),
     "attention92_imagenet": ("51.3M", "10.4G", "prototxt recount 52.5M / 10.53G"),
-    "attention92_cifar": ("1.9M", "–", "CIFAR topology is a reconstruction (spec §3.3): estimate 1.75M"),
+    "attention92_cifar": ("1.9M", "–", "CIFAR topology is a reconstruction: estimate 1.75M"),
     "attention236_cifar": ("5.1M", "–", "reconstruction"),
     "attention452_cifar": ("8.6M", "–", "p=2, t=4, r=3; reconstruction"),
     "resnet164_cifar": ("1.7M", "–", "baseline of Tables 5 and 6"),

@@ -43,7 +43,7 @@ with a3:
     st.markdown("**Spatial, f₃**")
     st.latex(r"f_3(x_{i,c}) = \frac{1}{1 + \exp\!\bigl(-(x_{i,c} - \mathrm{mean}_c)/\sqrt{\mathrm{var}_c + \varepsilon_3}\bigr)}")
 st.warning(
-    "**What the paper leaves unspecified: choices made here** (paper-spec §2, §3.3, §8)\n\n"
+    "**What the paper leaves unspecified: choices made here** (the paper is silent on these)\n\n"
     f"- f₂: ε₂ = {CHANNEL_EPS:g} inside the norm (the paper gives none). f₂ is **not** in [0, 1]: values lie in "
     "[−1, 1] with squares summing to 1 over channels (≈ 1/√C each), so under ARL (1 + M) stays close to 1.\n"
     f"- f₃: mean_c and var_c are computed **per sample over H×W** with the population (biased) variance and "

@@ -53,7 +53,32 @@ class NetworkConfig:
         return 3 * (2 * self.p + self.t) * sum(self.modules) + 20
 
 
-class ResidualAttentionNetwork(nn.Module):
+class _StagedClassifier(nn.Module):
+    """What both network families share: three stages, a BN-ReLU-pool-FC head, and accessors by stage."""
+
+    stage1: nn.Sequential
+    stage2: nn.Sequential
+    stage3: nn.Sequential
+    fc: nn.Linear
+
+    def stage(self, number: int) -> nn.Sequential:
+        """The Sequential of stage ``number`` (1-based); Grad-CAM reads its output."""
+        if number not in (1, 2, 3):
+            raise ValueError(f"stage must be 1, 2 or 3, got {number}")
+        return getattr(self, f"stage{number}")
+
+    def attention_modules(self) -> list[AttentionModule]:
+        """All attention modules in forward order (none in a plain ResNet)."""
+        return [m for m in self.modules() if isinstance(m, AttentionModule)]
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(torch.flatten(self.pool(self.forward_features(x)), 1))
+
+
+class ResidualAttentionNetwork(_StagedClassifier):
     """Stem, three attention stages, (ImageNet only) a 7×7 tail, then BN-ReLU, global average pool and FC.
 
     The global average pool is adaptive, so any input size works (the paper tests Attention-92 at 320×320,
@@ -116,26 +141,13 @@ class ResidualAttentionNetwork(nn.Module):
         self.num_features = in_channels
         _init_weights(self)
 
-    def stage(self, number: int) -> nn.Sequential:
-        """The Sequential of attention stage ``number`` (1-based); Grad-CAM reads its output."""
-        if number not in (1, 2, 3):
-            raise ValueError(f"stage must be 1, 2 or 3, got {number}")
-        return getattr(self, f"stage{number}")
-
-    def attention_modules(self) -> list[AttentionModule]:
-        """All attention modules in forward order."""
-        return [m for m in self.modules() if isinstance(m, AttentionModule)]
-
     def forward_features(self, x: Tensor) -> Tensor:
         x = self.stem(x)
         x = self.stage3(self.stage2(self.stage1(x)))
         return self.relu(self.norm(self.tail(x)))
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc(torch.flatten(self.pool(self.forward_features(x)), 1))
 
-
-class PreActResNet(nn.Module):
+class PreActResNet(_StagedClassifier):
     """Pre-activation bottleneck ResNet for CIFAR (He et al. 2016); ResNet-164 is 18 units per stage.
 
     The paper's baseline in Tables 5 and 6. It has the same stem, widths and head as the ``cifar``
@@ -168,22 +180,9 @@ class PreActResNet(nn.Module):
         self.num_features = in_channels
         _init_weights(self)
 
-    def stage(self, number: int) -> nn.Sequential:
-        """The Sequential of stage ``number`` (1-based)."""
-        if number not in (1, 2, 3):
-            raise ValueError(f"stage must be 1, 2 or 3, got {number}")
-        return getattr(self, f"stage{number}")
-
-    def attention_modules(self) -> list[AttentionModule]:
-        """A plain ResNet has none."""
-        return []
-
     def forward_features(self, x: Tensor) -> Tensor:
         x = self.stage3(self.stage2(self.stage1(self.stem(x))))
         return self.relu(self.norm(x))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc(torch.flatten(self.pool(self.forward_features(x)), 1))
 
 
 def _init_weights(model: nn.Module) -> None:

@@ -361,6 +361,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
             seen, correct_sum, loss_sum, t0 = 0, torch.zeros((), device=runtime.device), torch.zeros((), device=runtime.device), time.perf_counter()
             steps = min(per_epoch, total - epoch * per_epoch) - start_batch
             bar = None
+            stopping = False
             if show_bar:
                 from tqdm import tqdm
 
@@ -393,7 +394,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 if runtime.main and (iteration % config.save_every == 0 or stop_now):
                     save_state(state_dir, model, optimizer, aug, {"iteration": iteration, "config": dataclasses.asdict(config)})
                 if stop_now:
-                    raise _Stop
+                    stopping = True
+                    if iteration % per_epoch:  # mid-epoch: stop now; at an epoch's end, evaluate it first
+                        raise _Stop
+                    break
             if bar is not None:
                 bar.close()
             elapsed = time.perf_counter() - t0
@@ -420,6 +424,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 save_state(state_dir, model, optimizer, aug, {"iteration": iteration, "config": dataclasses.asdict(config)})
             log(f"epoch {epoch + 1}/{num_epochs}: train loss {metrics['train_loss']:.4f} acc {metrics['train_top1']:.4f} | "
                 f"test loss {test['loss']:.4f} acc {test['top1']:.4f} | {metrics['images_per_s']:.1f} img/s, {elapsed:.0f} s")
+            if stopping and iteration < total:
+                raise _Stop
     except _Stop:
         log(f"stopped at iteration {iteration}; continue with --resume (state in {state_dir})")
         return {"stopped_at": iteration}

@@ -52,10 +52,16 @@ def _final_weights(path):
 def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, dataset):
     common = dict(TINY, data=str(dataset), epochs=2, label_noise=0.2)
     train(TrainConfig(**common, out=str(tmp_path / "a"), state_dir=str(tmp_path / "sa")))
+    # 48 images / batch 8 = 6 iterations per epoch: stop mid-epoch, then exactly at the end of an epoch
     stopped = train(TrainConfig(**common, out=str(tmp_path / "b"), state_dir=str(tmp_path / "sb"), stop_after=5))
     assert stopped == {"stopped_at": 5}
     assert not (tmp_path / "b" / "model.safetensors").exists()
+    stopped = train(TrainConfig(**common, out=str(tmp_path / "b"), state_dir=str(tmp_path / "sb"), stop_after=1, resume=True))
+    assert stopped == {"stopped_at": 6}
     train(TrainConfig(**common, out=str(tmp_path / "b"), state_dir=str(tmp_path / "sb"), resume=True))
+    # every epoch was evaluated exactly once across the three sittings
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2]
     a, b = _final_weights(tmp_path / "a"), _final_weights(tmp_path / "b")
     assert a.keys() == b.keys()
     for key in a:

@@ -58,6 +58,10 @@ def test_overrides_reach_every_module():
     assert len(modules) == 6
     assert all(m.activation.kind == "spatial" and m.learning == "nal" for m in modules)
     assert all(isinstance(m.mask, resattn.LocalMask) for m in modules)
+    grey = resattn.create_model("attention56_imagenet", width_mult=0.125, in_chans=1, num_classes=4, modules=(1, 0, 2)).eval()
+    assert len(grey.attention_modules()) == 3
+    with torch.no_grad():
+        assert grey(torch.randn(1, 1, 64, 64)).shape == (1, 4)
     for bad in ({"attention": "soft"}, {"learning": "xyz"}, {"mask": "round"}):
         with pytest.raises(ValueError):
             resattn.create_model("attention56_cifar", **bad)

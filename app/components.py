@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import platform
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -181,12 +179,14 @@ def context() -> Context | None:
     return ctx
 
 
-@contextmanager
-def timed(label: str = "Computed") -> Iterator[None]:
-    """Show how long the page's computation took (every page does)."""
-    start = time.perf_counter()
-    yield
-    st.caption(f"⏱ {label} in {(time.perf_counter() - start) * 1000:.0f} ms")
+def require_context(banner: bool = True) -> Context:
+    """The run's context, or stop the page with a hint to choose an image; optionally show the model banner."""
+    ctx = context()
+    if ctx is None:
+        st.stop()
+    if banner:
+        model_banner(ctx)
+    return ctx
 
 
 def model_banner(ctx: Context) -> None:

@@ -11,10 +11,7 @@ import state
 from resattn import attribution, maps
 
 st.title("Masks and attributions")
-ctx = components.context()
-if ctx is None:
-    st.stop()
-components.model_banner(ctx)
+ctx = components.require_context()
 start = time.perf_counter()
 data = ctx.trace()
 order = [int(i) for i in np.argsort(-data.probs)]

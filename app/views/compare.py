@@ -11,9 +11,7 @@ import resattn
 from resattn import maps
 
 st.title("Compare models")
-ctx = components.context()
-if ctx is None:
-    st.stop()
+ctx = components.require_context(banner=False)
 start = time.perf_counter()
 stage = ctx.stage
 st.markdown(f"Image **{ctx.image_name}**, attention **stage {stage}** (statistics averaged over the stage's modules). "

@@ -10,10 +10,7 @@ import components
 from resattn import maps
 
 st.title("Explore the soft masks")
-ctx = components.context()
-if ctx is None:
-    st.stop()
-components.model_banner(ctx)
+ctx = components.require_context()
 start = time.perf_counter()
 data = ctx.trace()
 

@@ -55,10 +55,7 @@ st.warning(
     "- Mask upsampling is bilinear with align_corners=True, inferred (not verified) from the Caffe Interp layer."
 )
 
-ctx = components.context()
-if ctx is None:
-    st.stop()
-components.model_banner(ctx)
+ctx = components.require_context()
 
 st.header("3. The loaded network, with live tensor shapes")
 shapes = state.layer_shapes(ctx.entry.key, ctx.model, ctx.meta)

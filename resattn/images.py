@@ -26,7 +26,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
-from .data import DataError, read_member
+from .data import DataError, open_split, read_member
 
 __all__ = [
     "ImageError",
@@ -255,19 +255,6 @@ def _package_photos() -> list[GalleryItem]:
     return [GalleryItem(label, source, path.read_bytes) for label, source, path in found if path.is_file()]
 
 
-def _split_members(names: Sequence[str]) -> list[str]:
-    """Image members of the ``test/`` (else ``val/``) split: the first one per class folder, classes sorted."""
-    for split in ("test", "val"):
-        first: dict[str, str] = {}
-        for name in sorted(names):
-            parts = name.strip("/").split("/")
-            if len(parts) >= 3 and parts[-3] == split and parts[-1].lower().endswith(tuple(EXTENSIONS)):
-                first.setdefault(parts[-2], name)
-        if first:
-            return [first[c] for c in sorted(first)]
-    return []
-
-
 def _zip_reader(path: Path, member: str) -> Callable[[], bytes]:
     def read() -> bytes:
         with zipfile.ZipFile(path) as archive:
@@ -280,18 +267,29 @@ def _zip_reader(path: Path, member: str) -> Callable[[], bytes]:
 
 
 def dataset_samples(location: str | os.PathLike[str], limit: int = 10) -> list[GalleryItem]:
-    """Up to ``limit`` images from the test/val split of a dataset folder or zip (one per class)."""
+    """Up to ``limit`` images from the test/val split of a dataset folder or zip (the first one per class).
+
+    The split is listed by :func:`resattn.data.open_split`, the same reader training uses; a zip member larger
+    than ``MAX_MEMBER_BYTES`` is skipped rather than offered."""
+    try:
+        split = open_split(location, "test")
+    except DataError:
+        return []
+    first: dict[int, str] = {}
+    for member, label in split.items:
+        first.setdefault(label, member)
+    picks = sorted(first.items())
     path = Path(location)
-    if path.is_file() and zipfile.is_zipfile(path):
+    if split.root.endswith(".zip"):
         with zipfile.ZipFile(path) as archive:
-            infos = {i.filename: i for i in archive.infolist() if not i.is_dir()}
-        members = [m for m in _split_members(list(infos)) if infos[m].file_size <= MAX_MEMBER_BYTES][:limit]
-        return [GalleryItem(f"{m.split('/')[-2]} ({Path(m).name})", path.name, _zip_reader(path, m)) for m in members]
-    if path.is_dir():
-        files = [str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()]
-        members = _split_members(files)[:limit]
-        return [GalleryItem(f"{m.split('/')[-2]} ({Path(m).name})", path.name, (path / m).read_bytes) for m in members]
-    return []
+            picks = [(c, m) for c, m in picks if archive.getinfo(m).file_size <= MAX_MEMBER_BYTES]
+        readers = [_zip_reader(path, m) for _, m in picks]
+    else:
+        readers = [Path(m).read_bytes for _, m in picks]
+    return [
+        GalleryItem(f"{split.classes[c]} ({Path(m).name})", path.name, read)
+        for (c, m), read in zip(picks[:limit], readers[:limit])
+    ]
 
 
 def gallery(dataset: str | os.PathLike[str] | None = None) -> list[GalleryItem]:

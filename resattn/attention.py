@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .blocks import PreActBottleneck, conv1x1, stack
+from .blocks import Pooling, PreActBottleneck, conv1x1, max_pool, stack
 
 __all__ = [
     "Attention",
@@ -131,13 +131,12 @@ class HourglassMask(nn.Module):
     ``forward`` returns the mask logits (before the activation) and the named intermediate maps.
     """
 
-    def __init__(self, channels: int, pools: int, r: int = 1) -> None:
+    def __init__(self, channels: int, pools: int, r: int = 1, pooling: Pooling = "caffe") -> None:
         super().__init__()
         if pools < 0 or r < 1:
             raise ValueError(f"need pools >= 0 and r >= 1, got pools={pools}, r={r}")
         self.pools = pools
-        # MaxPool2d(3, 2, padding=1) gives the sizes of Caffe's k3 s2 ceil-mode pools on these maps.
-        self.pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.pool = max_pool(pooling)  # k3 s2, no padding, ceil mode: the official definition
         self.down = nn.ModuleList(stack(channels, 2 * r if level == pools - 1 else r) for level in range(pools))
         self.skips = nn.ModuleList(PreActBottleneck(channels, channels) for _ in range(max(pools - 1, 0)))
         self.up = nn.ModuleList(stack(channels, r) for _ in range(max(pools - 1, 0)))
@@ -201,6 +200,7 @@ class AttentionModule(nn.Module):
         mask: MaskKind = "hourglass",
         stage: int = 0,
         index: int = 0,
+        pooling: Pooling = "caffe",
     ) -> None:
         super().__init__()
         if learning not in LEARNINGS:
@@ -212,7 +212,7 @@ class AttentionModule(nn.Module):
         self.index = index
         self.pre = stack(channels, p)
         self.trunk = stack(channels, t)
-        self.mask: nn.Module = HourglassMask(channels, pools, r) if mask == "hourglass" else LocalMask(channels)
+        self.mask: nn.Module = HourglassMask(channels, pools, r, pooling) if mask == "hourglass" else LocalMask(channels)
         self.activation = MaskActivation(attention)
         self.post = stack(channels, p)
 

@@ -7,14 +7,35 @@ in-place, so attribution libraries (Captum's guided backprop, layer hooks) can a
 
 from __future__ import annotations
 
+from typing import Literal
+
 from torch import Tensor, nn
 
-__all__ = ["PreActBottleneck", "conv1x1", "conv3x3", "stack"]
+__all__ = ["PreActBottleneck", "Pooling", "POOLINGS", "conv1x1", "conv3x3", "max_pool", "stack"]
 
 
 def conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
     """1×1 convolution without bias (every conv in the network is followed by a BN)."""
     return nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False)
+
+
+Pooling = Literal["caffe", "pad1"]
+POOLINGS: tuple[str, ...] = ("caffe", "pad1")
+
+
+def max_pool(pooling: Pooling = "caffe") -> nn.MaxPool2d:
+    """The 3×3, stride-2 max-pool of the stem and of every mask-branch level.
+
+    ``"caffe"`` is the authors' definition (official prototxt): no padding, output sizes rounded up (Caffe's ceil
+    mode), so 56 → 28 → 14 → 7, and 7 → 3, 15 → 7 for odd sizes. ``"pad1"`` is ``MaxPool2d(3, 2, padding=1)``,
+    the form most PyTorch ports use: the same sizes for even inputs, but every window shifted by one pixel. It is
+    kept only to rebuild checkpoints trained before architecture revision 2 (see ``resattn.checkpoint``).
+    """
+    if pooling == "caffe":
+        return nn.MaxPool2d(kernel_size=3, stride=2, padding=0, ceil_mode=True)
+    if pooling == "pad1":
+        return nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+    raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:

@@ -1,8 +1,14 @@
 """Safe checkpoints: weights in safetensors, metadata as JSON inside the same file.
 
-Loading never unpickles anything, so a checkpoint uploaded to the explorer cannot run code. Every way a file can
-be wrong (not safetensors, a pickle, truncated, corrupt header, missing or foreign metadata, weights that do not
-fit the named model) raises :class:`CheckpointError` with a message a user can act on.
+Loading never unpickles anything, so a checkpoint from anywhere (a download, a colleague, the explorer's
+checkpoint folder) cannot run code. Every way a file can be wrong (not safetensors, a pickle, truncated, corrupt
+header, missing or foreign metadata, weights that do not fit the named model) raises :class:`CheckpointError` with
+a message a user can act on.
+
+Every checkpoint records ``arch_revision``, the revision of the network code it was trained under
+(:data:`resattn.networks.ARCH_REVISION`). A checkpoint without it predates the record and is revision 1, whose
+max-pools were ``MaxPool2d(3, 2, padding=1)``: it is rebuilt with that pooling (``pooling="pad1"``), so it computes
+what it was trained to compute. A checkpoint from a newer revision is refused: this code cannot build it.
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "read_meta", "file_hash", "META_KEY"]
+from .networks import ARCH_REVISION
+
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "read_meta", "build_overrides", "file_hash", "META_KEY"]
 
 META_KEY = "resattn"
 FORMAT_VERSION = 1
@@ -46,7 +54,8 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, meta: dict[s
     spec = getattr(model, "resattn_spec", None)
     if spec is None:
         raise CheckpointError("model was not built by resattn.create_model, so it cannot be rebuilt on load")
-    full = {**meta, "model": spec["name"], "overrides": spec["overrides"], "version": _version(), "format": FORMAT_VERSION}
+    full = {**meta, "model": spec["name"], "overrides": spec["overrides"], "version": _version(), "format": FORMAT_VERSION,
+            "arch_revision": ARCH_REVISION}
     try:
         text = json.dumps(full, sort_keys=True)
     except TypeError as exc:
@@ -145,8 +154,9 @@ def load_checkpoint(source: str | os.PathLike[str] | bytes, map_location: str = 
         state = st_load(data)
     except (SafetensorError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{where} is corrupt or truncated: {exc}") from exc
+    overrides = build_overrides(meta, where)
     try:
-        model = create_model(meta["model"], **meta.get("overrides", {}))
+        model = create_model(meta["model"], **overrides)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{where} has overrides this resattn cannot build: {exc}") from exc
     try:
@@ -156,6 +166,28 @@ def load_checkpoint(source: str | os.PathLike[str] | bytes, map_location: str = 
         raise CheckpointError(f"{where}: weights do not match model {meta['model']}: {' '.join(first)}") from exc
     model.to(map_location).eval()
     return model, meta
+
+
+def build_overrides(meta: dict[str, Any], where: str = "checkpoint") -> dict[str, Any]:
+    """The ``create_model`` overrides that rebuild the network a checkpoint was trained as.
+
+    Revision-1 checkpoints (no ``arch_revision``) of attention networks get ``pooling="pad1"``; a revision newer
+    than this code's is refused with :class:`CheckpointError`.
+    """
+    revision = meta.get("arch_revision", 1)
+    if not isinstance(revision, int) or isinstance(revision, bool) or revision < 1:
+        raise CheckpointError(f"{where} has an invalid architecture revision {revision!r}")
+    if revision > ARCH_REVISION:
+        raise CheckpointError(
+            f"{where} was written for architecture revision {revision}, but this resattn ({_version()}) only builds "
+            f"revisions 1 to {ARCH_REVISION}: the network it describes computes something this version cannot. "
+            "Upgrade resattn to load it."
+        )
+    overrides = dict(meta.get("overrides") or {})
+    if revision < 2 and str(meta.get("model", "")).startswith("attention"):
+        # revision 1 pooled with MaxPool2d(3, 2, padding=1); build exactly that, not the official pooling
+        overrides.setdefault("pooling", "pad1")
+    return overrides
 
 
 def file_hash(source: str | os.PathLike[str] | bytes) -> str:

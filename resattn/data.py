@@ -27,7 +27,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from .preprocess import resize_center_crop
+
 __all__ = [
+    "KNOWN_CLASS_NAMES",
+    "class_names",
+    "native_size",
     "IMAGE_EXTENSIONS",
     "DataError",
     "SplitSource",
@@ -144,18 +149,50 @@ class Decoded:
     source: str
 
 
-def _decode(data: bytes, size: int | None) -> np.ndarray:
+def _decode(data: bytes, size: int | None, crop: int | None = None) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as img:
         img = img.convert("RGB")
-        if size is not None and img.size != (size, size):
-            img = img.resize((size, size), Image.BILINEAR)
+        if size is not None:
+            img = resize_center_crop(img, size, crop)
         return np.asarray(img, dtype=np.uint8)
 
 
-def _cache_key(source: str, split: str, size: int | None) -> str:
+def _cache_key(source: str, split: str, size: int | None, crop: int | None) -> str:
     st = os.stat(source)
-    text = f"{os.path.abspath(source)}|{st.st_size}|{st.st_mtime_ns}|{split}|{size}|v1"
+    text = f"{os.path.abspath(source)}|{st.st_size}|{st.st_mtime_ns}|{split}|{size}|{crop}|v2"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+#: Human class names for dataset folders named by ImageNet WordNet ids (Imagenette's ten classes).
+KNOWN_CLASS_NAMES: dict[str, str] = {
+    "n01440764": "tench",
+    "n02102040": "English springer",
+    "n02979186": "cassette player",
+    "n03000684": "chain saw",
+    "n03028079": "church",
+    "n03394916": "French horn",
+    "n03417042": "garbage truck",
+    "n03425413": "gas pump",
+    "n03445777": "golf ball",
+    "n03888257": "parachute",
+}
+
+
+def class_names(folders: list[str]) -> list[str]:
+    """Display names for class folders: known WordNet ids become their names, other folder names stay."""
+    return [KNOWN_CLASS_NAMES.get(f, f) for f in folders]
+
+
+def native_size(source: str | os.PathLike[str], split: str = "train") -> tuple[int, int]:
+    """(width, height) of the first image of a split, without decoding the rest (32×32 for torchvision CIFAR-10)."""
+    source = os.fspath(source)
+    if source == "cifar10" or source.startswith("cifar10:"):
+        return 32, 32
+    listing = open_split(source, split)
+    if not len(listing):
+        raise DataError(f"{source}: the {split} split is empty")
+    with Image.open(io.BytesIO(listing.read(0))) as img:
+        return img.size
 
 
 def load_split(
@@ -165,12 +202,15 @@ def load_split(
     cache_dir: str | os.PathLike[str] | None = None,
     download: bool = True,
     progress: bool = False,
+    crop: int | None = None,
 ) -> Decoded:
     """Decode a whole split into uint8 tensors.
 
     ``source`` is ``"cifar10"`` or ``"cifar10:<root>"`` (torchvision's canonical CIFAR-10, downloaded when
-    ``download`` and not present), a folder, or a zip. ``size`` resizes every image to a square (needed when
-    sizes differ). With ``cache_dir`` the decoded arrays are stored as ``.npy`` and reused next time.
+    ``download`` and not present), a folder, or a zip. ``size`` resizes every image so its shorter side is ``size``
+    and keeps the centre ``crop``×``crop`` square (``crop=None``: ``size``×``size``), as
+    :func:`resattn.preprocess.resize_center_crop`; needed when sizes differ. With ``cache_dir`` the decoded arrays
+    are stored as ``.npy`` and reused next time. The torchvision source ignores ``size`` and ``crop``.
     """
     source = os.fspath(source)
     if source == "cifar10" or source.startswith("cifar10:"):
@@ -183,7 +223,7 @@ def load_split(
     listing = open_split(source, split)
     cache: Path | None = None
     if cache_dir is not None:
-        cache = Path(cache_dir) / f"{Path(source).stem}-{listing.split}-{_cache_key(source, listing.split, size)}"
+        cache = Path(cache_dir) / f"{Path(source).stem}-{listing.split}-{_cache_key(source, listing.split, size, crop)}"
         if (cache / "images.npy").exists() and (cache / "labels.npy").exists():
             images = torch.from_numpy(np.load(cache / "images.npy"))
             labels = torch.from_numpy(np.load(cache / "labels.npy"))
@@ -199,7 +239,7 @@ def load_split(
     first_shape = None
     for data, label in iterator:
         try:
-            array = _decode(data, size)
+            array = _decode(data, size, crop)
         except (OSError, Image.DecompressionBombError) as exc:
             raise DataError(f"{source}: image {len(arrays)} of {listing.split} cannot be decoded: {exc}") from exc
         first_shape = first_shape or array.shape

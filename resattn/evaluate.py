@@ -1,7 +1,8 @@
 """Evaluate a checkpoint on a data split: ``python -m resattn.evaluate --checkpoint C --data D``.
 
 Prints JSON: top-1, mean loss, per-class accuracy, the confusion matrix (rows: true class, columns: predicted)
-and the number of images. Preprocessing comes from the checkpoint's metadata (input size, normalisation).
+and the number of images. Every image goes through :class:`resattn.preprocess.Preprocessing` built from the
+checkpoint's metadata, the same path the explorer uses.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 
 from .checkpoint import load_checkpoint
 from .data import DataError, Normalizer, load_split
+from .preprocess import Preprocessing
 from .train import Runtime, evaluate_model
 
 __all__ = ["evaluate_checkpoint", "main"]
@@ -32,19 +34,17 @@ def evaluate_checkpoint(
     model, meta = load_checkpoint(checkpoint)
     dev = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
     model = model.to(dev).to(memory_format=torch.channels_last)
-    size = int(meta.get("input_size", 0)) or None
-    decoded = load_split(data, split, size if size and size > 64 else None, cache_dir)
-    if decoded.classes != meta.get("classes", decoded.classes):
-        raise DataError(f"{data} has classes {decoded.classes}, the checkpoint was trained on {meta['classes']}")
+    prep = Preprocessing.from_meta(meta)
+    decoded = load_split(data, split, prep.resize, cache_dir, crop=prep.size)
+    folders = meta.get("class_folders", meta.get("classes", decoded.classes))
+    if decoded.classes != folders:
+        raise DataError(f"{data} has classes {decoded.classes}, the checkpoint was trained on {folders}")
     if limit is not None:
         decoded.images, decoded.labels = decoded.images[:limit], decoded.labels[:limit]
-    if "mean_image" in meta:  # the paper recipe subtracts a per-pixel mean image
-        c, h, w = decoded.images.shape[1:]
-        mean = torch.tensor(meta["mean_image"]).view(c, h, w)
-    else:
-        mean = torch.tensor(meta["mean"])
-    normalizer = Normalizer(mean, torch.tensor(meta["std"])).to(dev)
+    normalizer = Normalizer(prep.mean_tensor(), prep.std_tensor().flatten()).to(dev)
     result = evaluate_model(model, decoded, normalizer, Runtime(dev), batch_size, num_classes=len(decoded.classes))
+    names = meta.get("classes", decoded.classes)
+    result["per_class"] = dict(zip(names, result["per_class"].values()))
     return {"checkpoint": os.path.basename(checkpoint), "data": os.path.basename(data), "split": split, **result}
 
 

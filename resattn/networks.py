@@ -20,9 +20,14 @@ import torch
 from torch import Tensor, nn
 
 from .attention import Attention, AttentionModule, Learning, MaskKind
-from .blocks import PreActBottleneck
+from .blocks import Pooling, PreActBottleneck, max_pool
 
-__all__ = ["NetworkConfig", "ResidualAttentionNetwork", "PreActResNet", "scale_width"]
+__all__ = ["ARCH_REVISION", "NetworkConfig", "ResidualAttentionNetwork", "PreActResNet", "scale_width"]
+
+#: What the network code computes, for checkpoints. Revision 1: every max-pool was ``MaxPool2d(3, 2, padding=1)``.
+#: Revision 2: the official Caffe pooling (k3 s2, no padding, ceil mode). A checkpoint records the revision it was
+#: trained under; ``resattn.checkpoint`` rebuilds older ones as they were trained and refuses newer ones.
+ARCH_REVISION = 2
 
 
 def scale_width(channels: int, width_mult: float) -> int:
@@ -46,6 +51,8 @@ class NetworkConfig:
     in_chans: int = 3
     width_mult: float = 1.0
     pools: tuple[int, int, int] = field(default=(2, 1, 0))
+    #: "caffe" (the official definition, the default) or "pad1" (revision-1 checkpoints only); see ``max_pool``
+    pooling: Pooling = "caffe"
 
     @property
     def depth(self) -> int:
@@ -102,7 +109,7 @@ class ResidualAttentionNetwork(_StagedClassifier):
                     conv=nn.Conv2d(config.in_chans, stem_channels, 7, stride=2, padding=3, bias=False),
                     bn=nn.BatchNorm2d(stem_channels),
                     relu=nn.ReLU(),
-                    pool=nn.MaxPool2d(3, stride=2, padding=1),
+                    pool=max_pool(config.pooling),
                 )
             )
         else:
@@ -118,6 +125,7 @@ class ResidualAttentionNetwork(_StagedClassifier):
                 layers[f"module{index}"] = AttentionModule(
                     width, pools, config.p, config.t, config.r,
                     config.attention, config.learning, config.mask, stage=number, index=index,
+                    pooling=config.pooling,
                 )
             if not imagenet:
                 layers["exit"] = PreActBottleneck(width, width)

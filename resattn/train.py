@@ -36,7 +36,9 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .checkpoint import _unwrap, save_checkpoint
-from .data import BatchIterator, Decoded, Normalizer, augment_crop_flip, augment_resized_crop_flip, label_noise, load_split
+from .data import (BatchIterator, Decoded, Normalizer, augment_crop_flip, augment_resized_crop_flip, class_names, label_noise,
+                   load_split, native_size)
+from .preprocess import Preprocessing, resize_for_crop
 from .registry import create_model
 
 __all__ = ["TrainConfig", "RECIPES", "train", "main", "lr_at", "evaluate_model"]
@@ -72,6 +74,7 @@ class TrainConfig:
     label_smoothing: float | None = None
     label_noise: float = 0.0
     input_size: int | None = None
+    crop_scale: float = 0.08
     seed: int = 0
     out: str = "runs/run"
     state_dir: str | None = None
@@ -288,15 +291,21 @@ def train(config: TrainConfig) -> dict[str, Any]:
     log("resattn.train configuration:\n" + json.dumps(dataclasses.asdict(config), indent=2))
 
     torch.manual_seed(config.seed)
-    train_data = _subset(load_split(config.data, "train", config.input_size, config.cache_dir, progress=runtime.main and sys.stderr.isatty()), config.train_limit, config.seed)
-    test_data = _subset(load_split(config.data, "test", config.input_size, config.cache_dir, progress=runtime.main and sys.stderr.isatty()), config.test_limit, config.seed)
+    # CIFAR-style data (≤ 64 px) is used as it is; photos are decoded once with their shorter side at
+    # resize = input_size / 0.875, trained on random-resized crops of input_size and tested on the centre crop
+    small = min(native_size(config.data)) <= 64
+    crop_size = config.input_size if small else (config.input_size or min(native_size(config.data)))
+    resize = None if small else resize_for_crop(crop_size)  # type: ignore[arg-type]
+    decode = dict(cache_dir=config.cache_dir, progress=runtime.main and sys.stderr.isatty())
+    train_data = _subset(load_split(config.data, "train", config.input_size if small else resize, **decode), config.train_limit, config.seed)
+    test_data = _subset(load_split(config.data, "test", config.input_size if small else resize,
+                                   crop=None if small else crop_size, **decode), config.test_limit, config.seed)
     num_classes = len(train_data.classes)
     clean_labels = train_data.labels
     train_data = Decoded(train_data.images, label_noise(clean_labels, config.label_noise, num_classes, config.seed), train_data.classes, train_data.source)
     noisy_fraction = float((train_data.labels != clean_labels).float().mean())
-    input_size = train_data.images.shape[-1]
-    small = input_size <= 64
-    crop_size = input_size if small else (config.input_size or input_size)
+    if small:
+        crop_size = resize = train_data.images.shape[-1]
 
     normalizer = Normalizer.from_images(train_data.images, per_pixel=config.per_pixel_mean).to(runtime.device)
     overrides = dict(attention=config.attention, learning=config.learning, mask=config.mask, num_classes=num_classes)
@@ -373,7 +382,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 x = normalizer(images.to(runtime.device, non_blocking=True))
-                x = augment_crop_flip(x, generator=aug) if small else augment_resized_crop_flip(x, crop_size, generator=aug)
+                x = (augment_crop_flip(x, generator=aug) if small
+                     else augment_resized_crop_flip(x, crop_size, scale=(config.crop_scale, 1.0), generator=aug))
                 x = x.contiguous(memory_format=memory_format)
                 labels = labels.to(runtime.device, non_blocking=True)
                 with autocast:
@@ -438,11 +448,13 @@ def train(config: TrainConfig) -> dict[str, Any]:
              "noisy_label_fraction": noisy_fraction, "final_epoch_reported": True}
     if runtime.main:
         mean, std = normalizer.channel_stats()
+        mean_image = ([round(float(v), 5) for v in normalizer.mean.flatten().cpu()] if config.per_pixel_mean else None)
+        names = class_names(train_data.classes)
         meta = {
-            "classes": train_data.classes,
-            "input_size": crop_size,
-            "mean": mean,
-            "std": std,
+            **Preprocessing(crop_size, resize, tuple(mean), tuple(std),  # type: ignore[arg-type]
+                            tuple(mean_image) if mean_image else None).to_meta(),
+            "classes": names,
+            **({"class_folders": train_data.classes} if names != train_data.classes else {}),
             "dataset": _dataset_name(config.data),
             "metrics": final,
             "recipe": public_recipe(config),
@@ -451,8 +463,6 @@ def train(config: TrainConfig) -> dict[str, Any]:
             "label_noise": config.label_noise,
             "hardware": hw,
         }
-        if config.per_pixel_mean:
-            meta["mean_image"] = [round(float(v), 5) for v in normalizer.mean.flatten().cpu()]
         target = Path(config.checkpoint) if config.checkpoint else out / "model.safetensors"
         target.parent.mkdir(parents=True, exist_ok=True)
         save_checkpoint(target, model, meta)
@@ -504,7 +514,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, help="weight decay on conv and FC weights")
     p.add_argument("--label-smoothing", type=float, help="label smoothing of the loss")
     p.add_argument("--label-noise", type=float, default=0.0, help="fraction of training labels replaced by another class (paper Table 5)")
-    p.add_argument("--input-size", type=int, help="resize images to this square size when decoding (needed for mixed sizes)")
+    p.add_argument("--input-size", type=int, help="model input side: CIFAR-size data is resized to it; photos are resized to "
+                   "input-size/0.875 (shorter side), then random-resized crops (train) or the centre crop (test) of this size")
+    p.add_argument("--crop-scale", type=float, default=0.08, help="smallest area fraction of a random-resized crop (photos only)")
     p.add_argument("--seed", type=int, default=0, help="seed for init, data order, augmentation and label noise")
     p.add_argument("--out", default="runs/run", help="output folder: config.json, metrics.jsonl, model.safetensors")
     p.add_argument("--checkpoint", help="where to write the final checkpoint (default OUT/model.safetensors)")

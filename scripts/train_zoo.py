@@ -1,0 +1,99 @@
+"""Train the shipped checkpoints one after another, resumably: ``python scripts/train_zoo.py --help``.
+
+Each run is one ``python -m resattn.train`` command with ``--resume``; a run whose final checkpoint exists is
+skipped, so the same command continues the whole set after an interruption (SIGTERM or Ctrl-C stops the current
+run resumably) or in a later sitting. Outputs and resume state live under ``--root`` (default
+``~/.cache/resattn/zoo``), outside the repository; copy a finished ``model.safetensors`` into ``checkpoints/``
+with its model card.
+
+The runs, their order and their budgets are the ones the model cards cite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+#: name -> (data key, training arguments). One recipe, seed and budget per family, so comparisons are fair.
+CIFAR_FAST_15 = ["--model", "attention56_cifar", "--recipe", "fast", "--epochs", "15", "--seed", "0"]
+RUNS: dict[str, tuple[str, list[str]]] = {
+    # the photo model (Imagenette): the paper's ImageNet topology at full width, 128 px crops
+    "attention56_imagenette_mixed_arl": ("imagenette", [
+        "--model", "attention56_imagenet", "--attention", "mixed", "--learning", "arl", "--recipe", "fast",
+        "--input-size", "128", "--crop-scale", "0.35", "--batch-size", "64", "--lr", "0.1", "--epochs", "30",
+        "--seed", "0",
+    ]),
+    "attention56_cifar_mixed_arl": ("cifar", CIFAR_FAST_15 + ["--attention", "mixed", "--learning", "arl"]),
+    "attention56_cifar_mixed_nal": ("cifar", CIFAR_FAST_15 + ["--attention", "mixed", "--learning", "nal"]),
+    "attention56_cifar_channel_arl": ("cifar", CIFAR_FAST_15 + ["--attention", "channel", "--learning", "arl"]),
+    "attention56_cifar_spatial_arl": ("cifar", CIFAR_FAST_15 + ["--attention", "spatial", "--learning", "arl"]),
+}
+
+
+def command(name: str, data: str, root: Path, cache_dir: str, threads: int | None) -> list[str]:
+    """The ``resattn.train`` command line of run ``name``."""
+    _, args = RUNS[name]
+    cmd = [sys.executable, "-m", "resattn.train", *args, "--data", data, "--out", str(root / name),
+           "--state-dir", str(root / name / "state"), "--cache-dir", cache_dir, "--resume", "--progress", "none"]
+    return cmd + (["--threads", str(threads)] if threads else [])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--cifar", help="CIFAR-10 source: 'cifar10' (torchvision), a folder or cifar10-jpeg.zip")
+    p.add_argument("--imagenette", help="Imagenette source: a folder or imagenette-224.zip")
+    p.add_argument("--root", default=os.path.join("~", ".cache", "resattn", "zoo"), help="outputs and resume state")
+    p.add_argument("--cache-dir", default=os.path.join("~", ".cache", "resattn", "data"), help="decoded-data cache")
+    p.add_argument("--only", nargs="*", choices=sorted(RUNS), help="run only these (in the set's order)")
+    p.add_argument("--threads", type=int, help="CPU threads for training (default: all cores)")
+    p.add_argument("--dry-run", action="store_true", help="print the commands and what is done")
+    args = p.parse_args(argv)
+    root = Path(os.path.expanduser(args.root))
+    sources = {"cifar": args.cifar, "imagenette": args.imagenette}
+    child: subprocess.Popen | None = None
+
+    def forward(signum: int, frame: object) -> None:  # noqa: ARG001 - signal handler signature
+        if child is not None and child.poll() is None:
+            child.send_signal(signal.SIGTERM)  # the trainer saves its state and stops
+        raise SystemExit(f"stopped by signal {signum}; run the same command again to continue")
+
+    signal.signal(signal.SIGTERM, forward)
+    for name, (kind, _) in RUNS.items():
+        if args.only and name not in args.only:
+            continue
+        final = root / name / "model.safetensors"
+        if final.exists():
+            print(f"[zoo] {name}: done ({final})", flush=True)
+            continue
+        if not sources[kind]:
+            print(f"[zoo] {name}: skipped (no --{kind} source)", flush=True)
+            continue
+        cmd = command(name, os.path.expanduser(sources[kind]), root, os.path.expanduser(args.cache_dir), args.threads)
+        print(f"[zoo] {name}: {' '.join(cmd)}", flush=True)
+        if args.dry_run:
+            continue
+        (root / name).mkdir(parents=True, exist_ok=True)
+        with (root / name / "train.log").open("a") as log:
+            child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                code = child.wait()
+            except KeyboardInterrupt:
+                child.send_signal(signal.SIGTERM)
+                child.wait()
+                raise
+        if code != 0:
+            print(f"[zoo] {name}: failed with exit code {code}; see {root / name / 'train.log'}", flush=True)
+            return code
+        if not final.exists():  # the trainer was stopped resumably (SIGTERM): stop the set too
+            print(f"[zoo] {name}: stopped before the end; run the same command again to continue", flush=True)
+            return 1
+        print(f"[zoo] {name}: finished", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -286,18 +286,23 @@ class Normalizer(torch.nn.Module):
         return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in self.std.flatten()]
 
 
-def augment_crop_flip(x: Tensor, pad: int = 4, generator: torch.Generator | None = None) -> Tensor:
+def augment_crop_flip(
+    x: Tensor, pad: int = 4, generator: torch.Generator | None = None, rank: int = 0, world_size: int = 1
+) -> Tensor:
     """Zero-pad by ``pad``, take a random crop of the original size, flip horizontally with probability ½.
 
     ``x`` is a normalised float batch N×C×H×W, so the zero padding is the mean colour, as in the paper.
-    Every sample gets its own crop and flip; the work is one gather on ``x``'s device.
+    Every sample gets its own crop and flip; the work is one gather on ``x``'s device. Under DDP each process
+    draws the parameters of the whole global batch (N·``world_size``) and keeps samples ``rank::world_size``
+    (:class:`BatchIterator`'s split), so the augmentation does not depend on the number of processes.
     """
     n, _, h, w = x.shape
     device = x.device
     padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device="cpu").to(device)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device="cpu").to(device)
-    flip = torch.rand(n, generator=generator, device="cpu").to(device) < 0.5
+    total, mine = n * world_size, slice(rank, None, world_size)
+    dy = torch.randint(0, 2 * pad + 1, (total,), generator=generator, device="cpu")[mine].to(device)
+    dx = torch.randint(0, 2 * pad + 1, (total,), generator=generator, device="cpu")[mine].to(device)
+    flip = torch.rand(total, generator=generator, device="cpu")[mine].to(device) < 0.5
     rows = dy[:, None] + torch.arange(h, device=device)  # N×H
     cols = dx[:, None] + torch.arange(w, device=device)  # N×W
     cols = torch.where(flip[:, None], cols.flip(1), cols)
@@ -312,20 +317,24 @@ def augment_resized_crop_flip(
     scale: tuple[float, float] = (0.08, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
     generator: torch.Generator | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> Tensor:
     """Random-resized crop (Inception-style scale and aspect augmentation, paper §4.2) and flip, batched.
 
     One affine ``grid_sample`` per batch: each sample gets its own area fraction, aspect ratio, position and flip.
+    ``rank`` / ``world_size``: as :func:`augment_crop_flip`.
     """
     n = x.shape[0]
-    area = torch.empty(n).uniform_(*scale, generator=generator)
-    log_r = torch.empty(n).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
+    total, mine = n * world_size, slice(rank, None, world_size)
+    area = torch.empty(total).uniform_(*scale, generator=generator)[mine]
+    log_r = torch.empty(total).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)[mine]
     aspect = torch.exp(log_r)
     sw = torch.sqrt(area * aspect).clamp(max=1.0)  # crop width / image width
     sh = torch.sqrt(area / aspect).clamp(max=1.0)
-    tx = (torch.rand(n, generator=generator) * 2 - 1) * (1 - sw)
-    ty = (torch.rand(n, generator=generator) * 2 - 1) * (1 - sh)
-    flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
+    tx = (torch.rand(total, generator=generator)[mine] * 2 - 1) * (1 - sw)
+    ty = (torch.rand(total, generator=generator)[mine] * 2 - 1) * (1 - sh)
+    flip = torch.where(torch.rand(total, generator=generator)[mine] < 0.5, -1.0, 1.0)
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0] = sw * flip
     theta[:, 0, 2] = tx
@@ -351,7 +360,10 @@ def label_noise(labels: Tensor, level: float, num_classes: int, seed: int) -> Te
 class BatchIterator:
     """Shuffled (or ordered) mini-batches of a decoded split, resumable from a position within an epoch.
 
-    With ``rank``/``world_size`` each process takes its own slice of every epoch's permutation (DDP).
+    With ``rank``/``world_size`` (DDP) process r takes positions r, r + W, r + 2W, … of every epoch's order, so
+    batch b of all processes together is batch b of one process with a W-times larger batch. Training
+    (``drop_last``) gives every process the same number of images; evaluation (no ``drop_last``) gives every
+    image to exactly one process, none dropped.
     """
 
     def __init__(
@@ -370,8 +382,11 @@ class BatchIterator:
     def indices(self, epoch: int) -> Tensor:
         n = len(self.data.labels)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + epoch)) if self.shuffle else torch.arange(n)
-        per_rank = n // self.world_size if self.world_size > 1 else n
-        return order[self.rank * per_rank : (self.rank + 1) * per_rank] if self.world_size > 1 else order
+        if self.world_size == 1:
+            return order
+        if self.drop_last:
+            order = order[: n - n % self.world_size]
+        return order[self.rank :: self.world_size]
 
     def batches_per_epoch(self) -> int:
         n = len(self.indices(0))

@@ -7,11 +7,14 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import resattn
+import resattn.data
+from resattn.evaluate import evaluate_checkpoint
 from resattn.train import TrainConfig, build_parser, lr_at, train
 
 from .test_data import make_tree, zip_tree
@@ -123,3 +126,105 @@ def test_evaluate_cli_prints_json(tmp_path, dataset):
     assert result["top1"] == pytest.approx(confusion.diag().sum().item() / 12)
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert result["top1"] == pytest.approx(metrics[-1]["test_top1"])
+
+
+def test_label_noise_is_applied_reported_and_kept_off_the_test_split(tmp_path, dataset):
+    out = tmp_path / "noisy"
+    result = train(TrainConfig(**TINY, data=str(dataset), epochs=1, label_noise=0.5, out=str(out), state_dir=str(tmp_path / "s")))
+    clean = resattn.data.load_split(str(dataset), "train").labels
+    expected = float((resattn.data.label_noise(clean, 0.5, 3, seed=0) != clean).float().mean())
+    assert 0.2 < expected < 0.8
+    line = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert line["noisy_label_fraction"] == pytest.approx(expected)
+    assert result["noisy_label_fraction"] == pytest.approx(expected)
+    # test labels stay clean: the trainer's final test accuracy is what evaluation on the clean split measures
+    evaluated = evaluate_checkpoint(str(out / "model.safetensors"), str(dataset))
+    assert evaluated["top1"] == pytest.approx(line["test_top1"])
+
+
+def test_weight_decay_scope_follows_the_recipe():
+    paper, fast = TrainConfig(recipe="paper").resolved(), TrainConfig(recipe="fast").resolved()
+    assert paper.weight_decay_scope == "all" and fast.weight_decay_scope == "weights"
+    model = resattn.create_model("attention56_cifar", width_mult=0.125)
+    groups = resattn.train._optimizer(model, paper).param_groups
+    assert len(groups) == 1 and groups[0]["weight_decay"] == 1e-4  # the paper: every parameter decays
+    groups = resattn.train._optimizer(model, fast).param_groups
+    exempt = {id(p) for g in groups if g["weight_decay"] == 0 for p in g["params"]}
+    assert exempt and all(p.dim() == 1 for p in model.parameters() if id(p) in exempt)
+    with pytest.raises(ValueError, match="weight_decay_scope"):
+        TrainConfig(weight_decay_scope="some").resolved()
+
+
+def _torchrun(nproc, args, timeout=300):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), "-m", "resattn.train",
+           *args, "--device", "cpu", "--threads", "1", "--progress", "none"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_two_processes_with_half_the_batch_follow_one_process(tmp_path, dataset):
+    """DDP averages the two halves' gradients: the result equals one process with the whole batch. Batch-norm
+    statistics are per process under plain DDP, so the network is frozen but for its classifier here."""
+    base = ["--data", str(dataset), "--model", "attention56_cifar", "--width-mult", "0.125", "--epochs", "2",
+            "--train-only", "head", "--lr", "0.5"]
+    _torchrun(1, base + ["--batch-size", "8", "--out", str(tmp_path / "one"), "--state-dir", str(tmp_path / "s1")])
+    _torchrun(2, base + ["--batch-size", "4", "--out", str(tmp_path / "two"), "--state-dir", str(tmp_path / "s2")])
+    one, two = _final_weights(tmp_path / "one"), _final_weights(tmp_path / "two")
+    torch.manual_seed(0)  # the trainer seeds the global generator with --seed before building the model
+    start = resattn.create_model("attention56_cifar", width_mult=0.125, num_classes=3).state_dict()
+    torch.testing.assert_close(one["stage1.unit.conv1.weight"], start["stage1.unit.conv1.weight"])  # frozen
+    assert (one["fc.weight"] - start["fc.weight"]).abs().max() > 1e-2  # the classifier did learn
+    for key in one:
+        torch.testing.assert_close(one[key], two[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_distributed_evaluation_counts_every_test_image(tmp_path):
+    root = tmp_path / "data"
+    tree = make_tree(root / "tree", per_class=(8, 5))  # 15 test images: odd, so two processes split them 8 / 7
+    data = zip_tree(tree, root / "odd.zip")
+    out = tmp_path / "ddp"
+    _torchrun(2, ["--data", str(data), "--model", "attention56_cifar", "--width-mult", "0.125", "--epochs", "1",
+                  "--batch-size", "4", "--out", str(out), "--state-dir", str(tmp_path / "s")])
+    line = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert line["test_images"] == 15
+    # and the distributed figure is the single-process one
+    assert evaluate_checkpoint(str(out / "model.safetensors"), str(data))["top1"] == pytest.approx(line["test_top1"])
+
+
+def test_fine_tuning_from_a_checkpoint_on_a_subset_with_a_frozen_trunk(tmp_path, dataset):
+    base = tmp_path / "base"
+    train(TrainConfig(**TINY, data=str(dataset), epochs=1, out=str(base), state_dir=str(tmp_path / "sb")))
+    base_weights = _final_weights(base)
+    out = tmp_path / "tuned"
+    train(TrainConfig(**{**TINY, "model": "resnet164_cifar"}, data=str(dataset), epochs=2, out=str(out),
+                      state_dir=str(tmp_path / "st"), init_from=str(base / "model.safetensors"), train_only="stage3",
+                      classes=["dog", "frog"], probe=3))
+    model, meta = resattn.load_checkpoint(out / "model.safetensors")
+    assert meta["model"] == "attention56_cifar"  # the architecture comes from the checkpoint, not --model
+    assert meta["classes"] == ["dog", "frog"] and model.fc.out_features == 2
+    assert meta["init_from"]["train_only"] == "stage3" and meta["recipe"]["init_from"] == "model.safetensors"
+    assert meta["mean"] == resattn.read_meta(base / "model.safetensors")["mean"]  # the base's input statistics
+    tuned = _final_weights(out)
+    for key, value in base_weights.items():
+        if key.startswith(("stem.", "stage1.", "stage2.")):  # frozen: weights *and* BN statistics unchanged
+            torch.testing.assert_close(tuned[key], value, rtol=0, atol=0, msg=key)
+    changed = [k for k in base_weights if k.startswith("stage3.") and not torch.equal(tuned[k], base_weights[k])]
+    assert any(k.endswith("running_mean") for k in changed) and any(k.endswith("conv1.weight") for k in changed)
+    # masks of every module for the probe images: before training (epoch 0) and after each epoch
+    snaps = sorted((out / "snapshots").glob("epoch_*.npz"))
+    assert [p.name for p in snaps] == ["epoch_000.npz", "epoch_001.npz", "epoch_002.npz"]
+    first = np.load(snaps[0])
+    assert first["images"].shape == (3, 16, 16, 3) and first["labels"].tolist() == [0, 1, 0]
+    assert {"stage1_module1", "stage2_module1", "stage3_module1"} <= set(first.files)
+    assert first["stage1_module1"].shape == (3, 16, 16) and first["stage3_module1"].shape == (3, 4, 4)
+    # stages 1–2 are frozen, so their masks do not move; stage 3's do
+    last = np.load(snaps[-1])
+    np.testing.assert_allclose(first["stage1_module1"], last["stage1_module1"], atol=1e-6)
+    assert not np.allclose(first["stage3_module1"], last["stage3_module1"])
+
+
+def test_init_from_refuses_an_unknown_class(tmp_path, dataset):
+    with pytest.raises(resattn.data.DataError, match="horse"):
+        train(TrainConfig(**TINY, data=str(dataset), epochs=1, classes=["horse"], out=str(tmp_path / "x"),
+                          state_dir=str(tmp_path / "s")))

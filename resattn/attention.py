@@ -57,7 +57,7 @@ LOCAL_UNITS = 3
 # Inspection and mask knock-out talk to the modules through context variables, not hooks: each thread (and each
 # asyncio task) sees its own value, so concurrent inspections of one shared model never see each other's records.
 _RECORDER: contextvars.ContextVar[Callable[..., None] | None] = contextvars.ContextVar("resattn_recorder", default=None)
-_MASK_EDIT: contextvars.ContextVar[Callable[[nn.Module, Tensor], Tensor] | None] = contextvars.ContextVar(
+_MASK_EDIT: contextvars.ContextVar[Callable[[nn.Module, Tensor], tuple[Tensor, str | None]] | None] = contextvars.ContextVar(
     "resattn_mask_edit", default=None
 )
 
@@ -224,14 +224,16 @@ class AttentionModule(nn.Module):
         h = self.pre(x)
         trunk = self.trunk(h)
         logits, path = self.mask(h)
-        mask = self.activation(logits)
+        computed = self.activation(logits)
+        mask, knockout = computed, None
         edit = _MASK_EDIT.get()
         if edit is not None:
-            mask = edit(self, mask)
+            mask, knockout = edit(self, computed)
         out = self.combine(mask, trunk)
         record = _RECORDER.get()
         if record is not None:
-            record(self, mask=mask, mask_logits=logits, trunk=trunk, output=out, mask_path=path)
+            record(self, mask=mask, mask_logits=logits, trunk=trunk, output=out, mask_path=path,
+                   computed_mask=computed, knockout=knockout)
         return self.post(out)
 
     def extra_repr(self) -> str:

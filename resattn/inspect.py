@@ -2,7 +2,8 @@
 
 ``inspect`` uses no hooks: the attention modules report to a context variable that only the calling thread
 sees, so several threads can inspect one shared model at once (the explorer app does). The model runs in eval
-mode; its train/eval state is restored when the last concurrent inspection on it finishes.
+mode; every submodule's own train/eval flag is restored when the last concurrent inspection on it finishes (a
+part deliberately left in eval mode, such as a frozen trunk, stays in eval mode).
 """
 
 from __future__ import annotations
@@ -27,16 +28,24 @@ KNOCKOUTS: tuple[str, ...] = ("zero", "one", "mean")
 
 @dataclass
 class ModuleRecord:
-    """What one attention module computed. Tensors are N×C×H×W at the module's resolution."""
+    """What one attention module computed. Tensors are N×C×H×W at the module's resolution.
+
+    Without a knock-out, ``mask`` is the activation of ``mask_logits`` and ``computed_mask`` is the same tensor.
+    Under a knock-out of this module, ``mask_logits`` and ``computed_mask`` are still what the mask branch computed,
+    while ``mask`` is the replacement that was actually used: ``output`` is always ``combine(mask, trunk)`` and
+    ``computed_mask`` is always ``activation(mask_logits)``. ``knockout`` names the replacement (or is ``None``).
+    """
 
     stage: int  # 1-based attention stage
     index: int  # 1-based position within the stage
     name: str  # qualified module name in the model, e.g. "stage2.module1"
-    mask: Tensor  # M, after the activation
-    mask_logits: Tensor  # before the activation
+    mask: Tensor  # M as used in H (the replacement under a knock-out)
+    mask_logits: Tensor  # the mask branch's output, before the activation
     trunk: Tensor  # T
-    output: Tensor  # H = (1 + M)·T (ARL) or M·T (NAL)
+    output: Tensor  # H = (1 + M)·T (ARL) or M·T (NAL), with the ``mask`` above
     mask_path: list[tuple[str, Tensor]] = field(default_factory=list)  # the mask branch's maps in order
+    computed_mask: Tensor | None = None  # activation(mask_logits): the mask branch's own M, even under a knock-out
+    knockout: str | None = None  # "zero" | "one" | "mean" when this module's mask was replaced
 
     @property
     def label(self) -> str:
@@ -64,12 +73,13 @@ class Trace:
 
 
 class _EvalGuard:
-    """Per-model count of active inspections; the first puts the model in eval mode, the last restores it."""
+    """Per-model count of active inspections; the first puts the model in eval mode, the last restores every
+    submodule's own flag."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.active = 0
-        self.was_training = False
+        self.flags: list[tuple[nn.Module, bool]] = []
 
 
 _GUARDS: "weakref.WeakKeyDictionary[nn.Module, _EvalGuard]" = weakref.WeakKeyDictionary()
@@ -82,8 +92,8 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
         guard = _GUARDS.setdefault(model, _EvalGuard())
     with guard.lock:
         if guard.active == 0:
-            guard.was_training = model.training
-            if model.training:
+            guard.flags = [(m, m.training) for m in model.modules()]
+            if any(training for _, training in guard.flags):
                 model.eval()
         guard.active += 1
     try:
@@ -91,8 +101,10 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
     finally:
         with guard.lock:
             guard.active -= 1
-            if guard.active == 0 and guard.was_training:
-                model.train()
+            if guard.active == 0:
+                for module, training in guard.flags:
+                    module.training = training
+                guard.flags = []
 
 
 def _names(model: nn.Module) -> dict[int, str]:
@@ -143,15 +155,15 @@ def _editor(edits: dict[tuple[int, int], Knockout]):  # noqa: ANN202 - a closure
         if mode not in KNOCKOUTS:
             raise ValueError(f"knock-out must be one of {KNOCKOUTS}, got {mode!r}")
 
-    def edit(module: nn.Module, mask: Tensor) -> Tensor:
+    def edit(module: nn.Module, mask: Tensor) -> tuple[Tensor, str | None]:
         mode = edits.get((module.stage, module.index))
         if mode == "zero":
-            return torch.zeros_like(mask)
+            return torch.zeros_like(mask), mode
         if mode == "one":
-            return torch.ones_like(mask)
+            return torch.ones_like(mask), mode
         if mode == "mean":
-            return mask.mean(dim=(-2, -1), keepdim=True).expand_as(mask)
-        return mask
+            return mask.mean(dim=(-2, -1), keepdim=True).expand_as(mask), mode
+        return mask, None
 
     return edit
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import zipfile
@@ -122,3 +123,85 @@ def test_save_refuses_models_it_cannot_rebuild(tmp_path):
     with pytest.raises(CheckpointError, match="JSON"):
         resattn.save_checkpoint(tmp_path / "y.safetensors", resattn.create_model("attention56_cifar", width_mult=0.25), {"bad": object()})
     assert not (tmp_path / "y.safetensors").exists()
+
+
+def test_a_torch_save_archive_is_refused_before_any_unpickling(tmp_path, tiny_cifar, monkeypatch):
+    """A benign torch.save file (what torch.load(weights_only=True) would accept) is still refused, and no
+    unpickling code is even reached: loading never unpickles."""
+    path = tmp_path / "weights.safetensors"
+    torch.save(tiny_cifar.state_dict(), path)
+    calls: list[str] = []
+
+    def forbidden(name):
+        def spy(*args, **kwargs):
+            calls.append(name)
+            raise AssertionError(f"{name} was called")
+        return spy
+
+    monkeypatch.setattr(torch, "load", forbidden("torch.load"))
+    monkeypatch.setattr(pickle, "load", forbidden("pickle.load"))
+    monkeypatch.setattr(pickle, "loads", forbidden("pickle.loads"))
+    monkeypatch.setattr(pickle, "Unpickler", forbidden("pickle.Unpickler"))
+    import torch._weights_only_unpickler as wou
+    monkeypatch.setattr(wou, "Unpickler", forbidden("weights_only Unpickler"))
+    for load in (resattn.load_checkpoint, resattn.read_meta):
+        with pytest.raises(CheckpointError, match="pickle"):
+            load(path)
+    assert calls == []
+
+
+def test_checkpoints_record_the_architecture_revision(tmp_path, tiny_cifar):
+    path = tmp_path / "new.safetensors"
+    resattn.save_checkpoint(path, tiny_cifar, META)
+    assert resattn.read_meta(path)["arch_revision"] == resattn.networks.ARCH_REVISION == 2
+    model, _ = resattn.load_checkpoint(path)
+    assert model.stage1.module1.mask.pool.padding == 0 and model.stage1.module1.mask.pool.ceil_mode
+
+
+def _rewrite_meta(source, target, change):
+    from safetensors.torch import load_file, save_file
+    meta = resattn.read_meta(source)
+    change(meta)
+    save_file(load_file(str(source)), str(target), metadata={"resattn": json.dumps(meta)})
+
+
+def test_a_revision_1_checkpoint_is_rebuilt_with_the_pooling_it_was_trained_with(tmp_path):
+    """Before revision 2 every max-pool was MaxPool2d(3, 2, padding=1); such a checkpoint must compute what it
+    was trained to compute, not the official pooling."""
+    torch.manual_seed(0)
+    legacy = resattn.create_model("attention56_imagenet", width_mult=0.0625, num_classes=5, pooling="pad1").eval()
+    for m in legacy.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    saved = tmp_path / "saved.safetensors"
+    resattn.save_checkpoint(saved, legacy, META)
+    old = tmp_path / "old.safetensors"
+
+    def as_revision_1(meta):
+        del meta["arch_revision"]
+        meta["overrides"].pop("pooling")
+
+    _rewrite_meta(saved, old, as_revision_1)
+    model, meta = resattn.load_checkpoint(old)
+    assert model.stem.pool.padding == 1 and model.stage1.module1.mask.pool.padding == 1
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), legacy(x))
+        # the same weights under the official pooling compute something else: the rebuild matters
+        official = resattn.create_model("attention56_imagenet", width_mult=0.0625, num_classes=5).eval()
+        official.load_state_dict(legacy.state_dict())
+        assert not torch.allclose(official(x), legacy(x), rtol=1e-3)
+
+
+def test_a_newer_revision_is_refused_with_a_reason(tmp_path, tiny_cifar):
+    saved = tmp_path / "saved.safetensors"
+    resattn.save_checkpoint(saved, tiny_cifar, META)
+    future = tmp_path / "future.safetensors"
+    _rewrite_meta(saved, future, lambda meta: meta.update(arch_revision=99))
+    with pytest.raises(CheckpointError, match="revision 99.*Upgrade resattn"):
+        resattn.load_checkpoint(future)
+    bogus = tmp_path / "bogus.safetensors"
+    _rewrite_meta(saved, bogus, lambda meta: meta.update(arch_revision="two"))
+    with pytest.raises(CheckpointError, match="invalid architecture revision"):
+        resattn.load_checkpoint(bogus)

@@ -115,3 +115,30 @@ def test_resnet_baseline_has_no_modules():
     model = resattn.create_model("resnet164_cifar", width_mult=0.25)
     trace = resattn.inspect(model, torch.randn(1, 3, 32, 32))
     assert trace.modules == [] and trace.logits.shape == (1, 10)
+
+
+def test_each_submodule_keeps_its_own_train_flag(tiny_cifar):
+    """A part left in eval mode on purpose (a frozen trunk while fine-tuning) stays in eval mode after inspect."""
+    tiny_cifar.train()
+    tiny_cifar.stage1.eval()
+    before = {name: m.training for name, m in tiny_cifar.named_modules()}
+    resattn.inspect(tiny_cifar, torch.randn(1, 3, 32, 32))
+    assert {name: m.training for name, m in tiny_cifar.named_modules()} == before
+    assert not tiny_cifar.stage1.module1.training and tiny_cifar.stage2.module1.training
+
+
+@pytest.mark.parametrize("mode", ["zero", "one", "mean"])
+def test_knockout_record_is_consistent(tiny_cifar, mode):
+    x = torch.randn(2, 3, 32, 32)
+    plain = resattn.inspect(tiny_cifar, x).module(1, 1)
+    record = resattn.knockout(tiny_cifar, x, stage=1, index=1, mode=mode).module(1, 1)
+    module = tiny_cifar.stage1.module1
+    assert record.knockout == mode and plain.knockout is None
+    # the branch's own computation is recorded unchanged: logits and their activation correspond
+    torch.testing.assert_close(record.mask_logits, plain.mask_logits)
+    torch.testing.assert_close(record.computed_mask, module.activation(record.mask_logits))
+    torch.testing.assert_close(record.computed_mask, plain.mask)
+    # and the output is what the used mask gives
+    torch.testing.assert_close(record.output, module.combine(record.mask, record.trunk))
+    assert not torch.allclose(record.mask, record.computed_mask)
+    torch.testing.assert_close(plain.computed_mask, plain.mask)

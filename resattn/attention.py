@@ -57,6 +57,11 @@ LOCAL_UNITS = 3
 # Inspection and mask knock-out talk to the modules through context variables, not hooks: each thread (and each
 # asyncio task) sees its own value, so concurrent inspections of one shared model never see each other's records.
 _RECORDER: contextvars.ContextVar[Callable[..., None] | None] = contextvars.ContextVar("resattn_recorder", default=None)
+#: Called with (stage number, stage output) by the networks after each stage, when set (inspect's stage outputs,
+#: hook-free Grad-CAM).
+_STAGE_RECORDER: contextvars.ContextVar[Callable[[int, Tensor], None] | None] = contextvars.ContextVar(
+    "resattn_stage_recorder", default=None
+)
 _MASK_EDIT: contextvars.ContextVar[Callable[[nn.Module, Tensor], tuple[Tensor, str | None]] | None] = contextvars.ContextVar(
     "resattn_mask_edit", default=None
 )

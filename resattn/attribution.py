@@ -1,9 +1,20 @@
-"""Attributions computed with Captum, set beside the soft masks, and how far the two agree.
+"""Attributions set beside the soft masks, and how far the two agree.
 
 Every function takes a model, a preprocessed 1×3×H×W input and a target class and returns one H×W NumPy map
-at the input's resolution. Captum attaches hooks to the model while it works (Guided backprop replaces the
-ReLU gradients), so calls on one model are serialised by a per-model lock: the explorer shares one model
-between browser sessions.
+at the input's resolution. The explorer shares one model between browser sessions, so nothing here may change
+the shared model while another thread uses it:
+
+* Grad-CAM and Integrated Gradients are computed **hook-free**: the stage output comes from the network's
+  stage recorder (a context variable, as in :func:`resattn.inspect`) and gradients from ``torch.autograd.grad``
+  with respect to the input or that output only, so parameters never accumulate ``.grad``. They run on the shared
+  model concurrently.
+* Occlusion only runs forward passes (Captum's ``Occlusion``, which attaches no hooks).
+* Guided Grad-CAM needs Guided backprop, which replaces the ReLU gradients with hooks: it runs on a private copy
+  of the model taken from a small per-model pool (:data:`MAX_COPIES` copies; a call waits only when that many
+  run at once, and says so through ``on_wait``).
+
+The shared model must be in eval mode (the explorer's models always are); each function checks it.
+``progress(done, total)`` is called as the work advances, so a page can show steps done.
 
 Agreement is measured with Spearman's rank correlation over all pixels and the IoU of the top-20% pixels. Both
 say whether two maps *rank* the same places highly; neither says whether either map is right.
@@ -11,21 +22,26 @@ say whether two maps *rank* the same places highly; neither says whether either 
 
 from __future__ import annotations
 
+import copy
 import threading
+import warnings
 import weakref
 from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .attention import _STAGE_RECORDER
 from .maps import upsample
 
 __all__ = [
     "Method",
     "METHODS",
     "METHOD_NAMES",
+    "MAX_COPIES",
     "grad_cam",
     "guided_grad_cam",
     "integrated_gradients",
@@ -44,87 +60,168 @@ METHOD_NAMES: dict[str, str] = {
     "integrated_gradients": "Integrated Gradients",
     "occlusion": "Occlusion",
 }
+#: Private model copies per shared model for the hook-based method (Guided Grad-CAM).
+MAX_COPIES = 4
 
-_LOCKS: "weakref.WeakKeyDictionary[nn.Module, threading.Lock]" = weakref.WeakKeyDictionary()
-_LOCKS_LOCK = threading.Lock()
-
-
-def _lock(model: nn.Module) -> threading.Lock:
-    with _LOCKS_LOCK:
-        return _LOCKS.setdefault(model, threading.Lock())
+Progress = Callable[[int, int], None]
 
 
-def _stage_layer(model: nn.Module, stage: int) -> nn.Module:
-    if not hasattr(model, "stage"):
+def _none(done: int, total: int) -> None:  # noqa: ARG001 - the default progress callback
+    return None
+
+
+class _CopyPool:
+    """Deep copies of one shared model, handed out one per call and returned afterwards."""
+
+    def __init__(self) -> None:
+        self.free: list[nn.Module] = []
+        self.made = 0
+        self.cond = threading.Condition()
+
+    def acquire(self, model: nn.Module, on_wait: Callable[[], None] | None) -> nn.Module:
+        with self.cond:
+            if not self.free and self.made >= MAX_COPIES:
+                if on_wait is not None:
+                    on_wait()
+                self.cond.wait_for(lambda: bool(self.free))
+            if self.free:
+                return self.free.pop()
+            self.made += 1
+        return copy.deepcopy(model).eval()
+
+    def release(self, private: nn.Module) -> None:
+        with self.cond:
+            self.free.append(private)
+            self.cond.notify()
+
+
+_POOLS: "weakref.WeakKeyDictionary[nn.Module, _CopyPool]" = weakref.WeakKeyDictionary()
+_POOLS_LOCK = threading.Lock()
+
+
+def _pool(model: nn.Module) -> _CopyPool:
+    with _POOLS_LOCK:
+        return _POOLS.setdefault(model, _CopyPool())
+
+
+def _check(model: nn.Module, stage: int | None = None) -> None:
+    if model.training:
+        raise ValueError("attributions need the model in eval mode (call model.eval()); batch-norm statistics "
+                         "of a shared model must not change")
+    if stage is not None and not hasattr(model, "stage"):
         raise TypeError("the model has no .stage(k); Grad-CAM needs a network from resattn.create_model")
-    return model.stage(stage)
+    if stage is not None and stage not in (1, 2, 3):
+        raise ValueError(f"stage must be 1, 2 or 3, got {stage}")
 
 
-def _plain(model: nn.Module, x: Tensor, run: Callable[[], Tensor]) -> np.ndarray:
-    """Run a Captum call under the model's lock, in eval mode, and return a float32 NumPy array."""
-    with _lock(model):
-        was_training = model.training
-        model.eval()
-        try:
-            out = run()
-        finally:
-            model.train(was_training)
-    return out.detach().to("cpu", torch.float32).numpy()
+def _numpy(x: Tensor) -> np.ndarray:
+    return x.detach().to("cpu", torch.float32).numpy()
 
 
-def grad_cam(model: nn.Module, x: Tensor, target: int, stage: int) -> np.ndarray:
+def _forward_with_stage(model: nn.Module, x: Tensor, stage: int) -> tuple[Tensor, Tensor]:
+    """Logits and the output of ``stage``, with the graph kept, without hooks."""
+    outputs: dict[int, Tensor] = {}
+    token = _STAGE_RECORDER.set(lambda number, out: outputs.__setitem__(number, out))
+    try:
+        with torch.enable_grad():
+            logits = model(x)
+    finally:
+        _STAGE_RECORDER.reset(token)
+    return logits, outputs[stage]
+
+
+def _grad_cam_map(model: nn.Module, x: Tensor, target: int, stage: int) -> Tensor:
+    """ReLU(Σ_k α_k A_k) at the stage's resolution, α_k the spatial mean of ∂y_target/∂A_k (N×1×h×w)."""
+    logits, activation = _forward_with_stage(model, x, stage)
+    (grads,) = torch.autograd.grad(logits[:, int(target)].sum(), activation)
+    weights = grads.mean(dim=(-2, -1), keepdim=True)
+    return F.relu((weights * activation).sum(dim=1, keepdim=True)).detach()
+
+
+def grad_cam(model: nn.Module, x: Tensor, target: int, stage: int, progress: Progress = _none) -> np.ndarray:
     """Grad-CAM (Selvaraju et al. 2017) at the output of attention stage ``stage``, ReLU applied, upsampled
-    bilinearly to the input's resolution."""
-    from captum.attr import LayerGradCam
+    bilinearly to the input's resolution. Hook-free; the same map as Captum's ``LayerGradCam`` on ``model.stage(k)``."""
+    _check(model, stage)
+    cam = _grad_cam_map(model, x, target, stage)
+    progress(1, 1)
+    return upsample(_numpy(cam[0, 0]), tuple(x.shape[-2:]))
 
-    cam = _plain(model, x, lambda: LayerGradCam(model, _stage_layer(model, stage)).attribute(
-        x, target=int(target), relu_attributions=True))
-    return upsample(cam[0, 0], tuple(x.shape[-2:]))
 
-
-def guided_grad_cam(model: nn.Module, x: Tensor, target: int, stage: int) -> np.ndarray:
-    """Guided Grad-CAM: Guided backprop times the upsampled Grad-CAM at ``stage``, summed over colour channels."""
+def guided_grad_cam(model: nn.Module, x: Tensor, target: int, stage: int, progress: Progress = _none,
+                    on_wait: Callable[[], None] | None = None) -> np.ndarray:
+    """Guided Grad-CAM: Guided backprop times the upsampled Grad-CAM at ``stage``, summed over colour channels.
+    Guided backprop hooks the ReLUs, so it runs on a private copy of the model."""
     from captum.attr import GuidedGradCam
 
-    out = _plain(model, x, lambda: GuidedGradCam(model, _stage_layer(model, stage)).attribute(
-        x, target=int(target), interpolate_mode="bilinear"))
-    return out[0].sum(axis=0)
+    _check(model, stage)
+    pool = _pool(model)
+    private = pool.acquire(model, on_wait)
+    try:
+        with warnings.catch_warnings():  # Captum announces the ReLU hooks it adds (to the private copy)
+            warnings.simplefilter("ignore", UserWarning)
+            out = GuidedGradCam(private, private.stage(stage)).attribute(
+                x.detach().clone().requires_grad_(True), target=int(target), interpolate_mode="bilinear")
+    finally:
+        pool.release(private)
+    progress(1, 1)
+    return _numpy(out[0].sum(dim=0))
 
 
-def integrated_gradients(model: nn.Module, x: Tensor, target: int, steps: int = 16) -> np.ndarray:
-    """Integrated Gradients from a zero (dataset-mean) baseline in ``steps`` steps, summed over colour channels."""
-    from captum.attr import IntegratedGradients
+def integrated_gradients(model: nn.Module, x: Tensor, target: int, steps: int = 16, progress: Progress = _none,
+                         chunk: int = 8) -> np.ndarray:
+    """Integrated Gradients (Sundararajan et al. 2017) from a zero baseline (the dataset mean after
+    normalisation) in ``steps`` steps, summed over colour channels.
 
-    out = _plain(model, x, lambda: IntegratedGradients(model).attribute(
-        x, baselines=torch.zeros_like(x), target=int(target), n_steps=int(steps), internal_batch_size=int(steps)))
-    return out[0].sum(axis=0)
+    The path integral uses the Gauss–Legendre points and weights Captum uses by default, computed ``chunk``
+    points per pass with ``torch.autograd.grad`` (hook-free; ``progress`` reports points done).
+    """
+    _check(model)
+    steps = int(steps)
+    nodes, weights = np.polynomial.legendre.leggauss(steps)
+    alphas = torch.tensor((nodes + 1) / 2, dtype=x.dtype)
+    scales = torch.tensor(weights / 2, dtype=x.dtype)
+    baseline = torch.zeros_like(x)
+    total = torch.zeros_like(x)
+    for first in range(0, steps, chunk):
+        a = alphas[first : first + chunk].view(-1, 1, 1, 1).to(x.device)
+        points = (baseline + a * (x - baseline)).requires_grad_(True)
+        with torch.enable_grad():
+            logits = model(points)
+            (grads,) = torch.autograd.grad(logits[:, int(target)].sum(), points)
+        total += (grads * scales[first : first + chunk].view(-1, 1, 1, 1).to(x.device)).sum(dim=0, keepdim=True)
+        progress(min(first + chunk, steps), steps)
+    return _numpy(((x - baseline) * total)[0].sum(dim=0))
 
 
-def occlusion(model: nn.Module, x: Tensor, target: int, window: int | None = None) -> np.ndarray:
+def occlusion(model: nn.Module, x: Tensor, target: int, window: int | None = None, progress: Progress = _none) -> np.ndarray:
     """Occlusion: the drop in the target logit when a square of zeros (the dataset mean after normalisation)
     slides over the input. Default window: a quarter of the shorter side, stride half the window (7×7 positions,
-    49 forward passes, whatever the input size)."""
+    49 forward passes, whatever the input size). Forward passes only (Captum's ``Occlusion`` adds no hooks)."""
     from captum.attr import Occlusion
 
+    _check(model)
     side = min(x.shape[-2:])
     window = int(window or max(2, side // 4))
     stride = max(1, window // 2)
-    out = _plain(model, x, lambda: Occlusion(model).attribute(
-        x, sliding_window_shapes=(x.shape[1], window, window), strides=(x.shape[1], stride, stride),
-        target=int(target), baselines=0.0, perturbations_per_eval=16))
-    return out[0].sum(axis=0)
+    with torch.no_grad():
+        out = Occlusion(model).attribute(
+            x, sliding_window_shapes=(x.shape[1], window, window), strides=(x.shape[1], stride, stride),
+            target=int(target), baselines=0.0, perturbations_per_eval=16)
+    progress(1, 1)
+    return _numpy(out[0].sum(dim=0))
 
 
-def attribute(model: nn.Module, x: Tensor, target: int, method: Method, stage: int = 1, **options: int) -> np.ndarray:
+def attribute(model: nn.Module, x: Tensor, target: int, method: Method, stage: int = 1,
+              progress: Progress = _none, on_wait: Callable[[], None] | None = None, **options: int) -> np.ndarray:
     """Dispatch to one of :data:`METHODS` by name."""
     if method == "gradcam":
-        return grad_cam(model, x, target, stage)
+        return grad_cam(model, x, target, stage, progress)
     if method == "guided_gradcam":
-        return guided_grad_cam(model, x, target, stage)
+        return guided_grad_cam(model, x, target, stage, progress, on_wait)
     if method == "integrated_gradients":
-        return integrated_gradients(model, x, target, **options)
+        return integrated_gradients(model, x, target, progress=progress, **options)
     if method == "occlusion":
-        return occlusion(model, x, target, **options)
+        return occlusion(model, x, target, progress=progress, **options)
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 
 

@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from .attention import _MASK_EDIT, _RECORDER, AttentionModule
+from .attention import _MASK_EDIT, _RECORDER, _STAGE_RECORDER, AttentionModule
 
 __all__ = ["ModuleRecord", "Trace", "inspect", "knockout", "KNOCKOUTS"]
 
@@ -55,10 +55,12 @@ class ModuleRecord:
 
 @dataclass
 class Trace:
-    """Logits and one :class:`ModuleRecord` per attention module, in forward order."""
+    """Logits, one :class:`ModuleRecord` per attention module in forward order, and the output of each of the
+    three stages (after the stage's last unit: what the paper's Fig. 4 averages), also for the ResNet baseline."""
 
     logits: Tensor
     modules: list[ModuleRecord]
+    stage_outputs: list[Tensor] = field(default_factory=list)
 
     def module(self, stage: int, index: int = 1) -> ModuleRecord:
         """The record of module ``index`` in ``stage`` (both 1-based)."""
@@ -133,15 +135,22 @@ def inspect(
             ModuleRecord(stage=module.stage, index=module.index, name=names.get(id(module), ""), **tensors)  # type: ignore[arg-type]
         )
 
+    stages: list[Tensor] = []
+
+    def record_stage(number: int, x: Tensor) -> None:
+        stages.append(x if grad else x.detach())
+
     recorder_token = _RECORDER.set(record)
+    stage_token = _STAGE_RECORDER.set(record_stage)
     edit_token = _MASK_EDIT.set(_editor(mask_edit) if mask_edit else None)
     try:
         with _eval_mode(model), torch.set_grad_enabled(grad):
             logits = model(images)
     finally:
         _MASK_EDIT.reset(edit_token)
+        _STAGE_RECORDER.reset(stage_token)
         _RECORDER.reset(recorder_token)
-    return Trace(logits=logits if grad else logits.detach(), modules=records)
+    return Trace(logits=logits if grad else logits.detach(), modules=records, stage_outputs=stages)
 
 
 def knockout(model: nn.Module, images: Tensor, stage: int, index: int, mode: Knockout) -> Trace:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .attention import Attention, AttentionModule, Learning, MaskKind
+from .attention import _STAGE_RECORDER, Attention, AttentionModule, Learning, MaskKind
 from .blocks import Pooling, PreActBottleneck, max_pool
 
 __all__ = ["ARCH_REVISION", "NetworkConfig", "ResidualAttentionNetwork", "PreActResNet", "scale_width"]
@@ -63,9 +63,13 @@ class NetworkConfig:
 class _StagedClassifier(nn.Module):
     """What both network families share: three stages, a BN-ReLU-pool-FC head, and accessors by stage."""
 
+    stem: nn.Module
     stage1: nn.Sequential
     stage2: nn.Sequential
     stage3: nn.Sequential
+    tail: nn.Module
+    norm: nn.BatchNorm2d
+    relu: nn.ReLU
     fc: nn.Linear
 
     def stage(self, number: int) -> nn.Sequential:
@@ -79,7 +83,14 @@ class _StagedClassifier(nn.Module):
         return [m for m in self.modules() if isinstance(m, AttentionModule)]
 
     def forward_features(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
+        """Stem, the three stages (each output reported to an active stage recorder), tail, final BN-ReLU."""
+        x = self.stem(x)
+        record = _STAGE_RECORDER.get()
+        for number in (1, 2, 3):
+            x = self.stage(number)(x)
+            if record is not None:
+                record(number, x)
+        return self.relu(self.norm(self.tail(x)))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(torch.flatten(self.pool(self.forward_features(x)), 1))
@@ -149,11 +160,6 @@ class ResidualAttentionNetwork(_StagedClassifier):
         self.num_features = in_channels
         _init_weights(self)
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        x = self.stem(x)
-        x = self.stage3(self.stage2(self.stage1(x)))
-        return self.relu(self.norm(self.tail(x)))
-
 
 class PreActResNet(_StagedClassifier):
     """Pre-activation bottleneck ResNet for CIFAR (He et al. 2016); ResNet-164 is 18 units per stage.
@@ -181,16 +187,13 @@ class PreActResNet(_StagedClassifier):
             stages.append(nn.Sequential(*units))
             in_channels = width
         self.stage1, self.stage2, self.stage3 = stages
+        self.tail = nn.Identity()
         self.norm = nn.BatchNorm2d(in_channels)
         self.relu = nn.ReLU()
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_channels, num_classes)
         self.num_features = in_channels
         _init_weights(self)
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        x = self.stage3(self.stage2(self.stage1(self.stem(x))))
-        return self.relu(self.norm(x))
 
 
 def _init_weights(model: nn.Module) -> None:

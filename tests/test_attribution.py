@@ -73,3 +73,55 @@ def test_agreement_is_nan_for_constant_maps_and_uses_magnitude():
     assert attribution.agreement(a, -a)["spearman"] == pytest.approx(1.0)  # |−a| ranks like a
     with pytest.raises(ValueError, match="shape"):
         attribution.spearman(a, np.ones((2, 2)))
+
+
+def _hooks(model):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
+
+
+def test_hook_free_grad_cam_and_ig_match_captum(model, x):
+    from captum.attr import IntegratedGradients, LayerGradCam
+
+    ours = attribution.grad_cam(model, x, 5, stage=2)
+    cam = LayerGradCam(model, model.stage(2)).attribute(x, target=5, relu_attributions=True)
+    np.testing.assert_allclose(ours, resattn.maps.upsample(cam[0, 0].detach().numpy(), (16, 16)), rtol=1e-4, atol=1e-6)
+    ig = attribution.integrated_gradients(model, x, 5, steps=8, chunk=3)
+    theirs = IntegratedGradients(model).attribute(x, baselines=torch.zeros_like(x), target=5, n_steps=8)
+    np.testing.assert_allclose(ig, theirs[0].sum(0).detach().numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_shared_model_is_left_untouched_and_progress_is_reported(model, x):
+    hooks = _hooks(model)
+    seen = []
+    for method in attribution.METHODS:
+        options = {"steps": 4} if method == "integrated_gradients" else {"window": 8} if method == "occlusion" else {}
+        attribution.attribute(model, x, 1, method, stage=1, progress=lambda d, t: seen.append((method, d, t)), **options)
+    assert _hooks(model) == hooks
+    assert all(p.grad is None for p in model.parameters())  # gradients w.r.t. inputs only
+    assert ("integrated_gradients", 4, 4) in seen and {m for m, _, _ in seen} == set(attribution.METHODS)
+    with pytest.raises(ValueError, match="eval mode"):
+        attribution.grad_cam(model.train(), x, 0, stage=1)
+    model.eval()
+
+
+def test_guided_grad_cam_waits_only_when_every_private_copy_is_busy(model, x):
+    """A hook-based attribution never blocks the hook-free methods; it waits (and says so) only when all
+    MAX_COPIES private copies are in use."""
+    import threading
+
+    pool = attribution._pool(model)
+    taken = [pool.acquire(model, None) for _ in range(attribution.MAX_COPIES)]
+    assert len({id(m) for m in taken}) == attribution.MAX_COPIES and all(m is not model for m in taken)
+    # while every copy is busy, Grad-CAM and IG on the shared model still run
+    assert attribution.grad_cam(model, x, 0, stage=3).shape == (16, 16)
+    waited = threading.Event()
+    result = {}
+    worker = threading.Thread(target=lambda: result.setdefault(
+        "map", attribution.guided_grad_cam(model, x, 0, stage=3, on_wait=waited.set)))
+    worker.start()
+    assert waited.wait(10) and "map" not in result
+    pool.release(taken.pop())
+    worker.join(30)
+    assert result["map"].shape == (16, 16)
+    for m in taken:
+        pool.release(m)

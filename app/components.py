@@ -1,7 +1,10 @@
-"""The controls every page shares, drawn in the sidebar: model picker, image input, stage and module picker.
+"""The controls every page shares, drawn in the sidebar: model picker, image input, stage and module picker,
+and the colours of each quantity.
 
 ``sidebar()`` returns a :class:`Context` with the loaded model, the chosen image and the chosen module; pages
-read it with ``context()``. Bad images and checkpoints are reported here and never stop the app.
+read it with ``context()``. Bad images and checkpoints are reported (in the sidebar and on the page) and never
+stop the app. Widget values live in ``st.session_state`` under fixed keys and are kept across pages and across
+runs in which a widget is not drawn (``keep_widget_state``), so controls and maps always agree.
 """
 
 from __future__ import annotations
@@ -18,12 +21,40 @@ import torch
 from PIL import Image
 
 import resattn
-from resattn import images
+from resattn import images, maps
+from resattn.preprocess import Preprocessing
 
 import state
 
 DISPLAY_SIDE = 320  # panels are drawn at this longer side (maps are upsampled to it)
 SOURCES = ("Gallery", "Upload", "Camera")
+#: Widgets whose values must survive page switches and runs in which they are not drawn.
+PERSISTENT = ("model", "show_random", "source", "gallery", "image_choice", "stage", "module", "reduction", "channel",
+              "topk", "alpha", "overlay", "cmap_mask", "cmap_feature", "cmap_attribution", "contrast_explore",
+              "contrast_attribution", "contrast_compare", "contrast_learn", "methods", "ig_steps", "attr_alpha",
+              "knockout")
+
+
+#: Starting values of the shared controls (widgets are created without their own defaults, so the value in
+#: ``st.session_state`` is always the one shown and the one used).
+DEFAULTS: dict[str, Any] = {
+    "source": "Gallery", "reduction": "mean", "channel": 0, "topk": 8, "alpha": 0.5, "overlay": True,
+    "cmap_mask": maps.DEFAULT_CMAPS["mask"], "cmap_feature": maps.DEFAULT_CMAPS["feature"],
+    "cmap_attribution": maps.DEFAULT_CMAPS["attribution"], "contrast_explore": "stretch",
+    "contrast_attribution": "stretch", "contrast_compare": "shared_stretch", "contrast_learn": "stretch",
+    "methods": ["gradcam", "guided_gradcam"], "ig_steps": 16, "attr_alpha": 0.5, "knockout": "zero",
+}
+
+
+def keep_widget_state() -> None:
+    """Set missing defaults, then re-assign every persistent widget value, so Streamlit keeps it when its widget
+    is not drawn this run (a page that stops early, another page). Without this an upload run resets the Explore
+    controls to their defaults while the maps keep the old settings."""
+    for key, value in DEFAULTS.items():
+        st.session_state.setdefault(key, value)
+    for key in PERSISTENT:
+        if key in st.session_state:
+            st.session_state[key] = st.session_state[key]
 
 
 @dataclass
@@ -36,7 +67,7 @@ class Context:
     image: Image.Image
     image_name: str
     image_hash: str
-    picture: np.ndarray  # the model's view of the image (crop), H×W×3 uint8 at DISPLAY_SIDE
+    picture: np.ndarray  # the region the model sees, H×W×3 uint8 at DISPLAY_SIDE on its longer side
     stage: int
     index: int
     module_counts: tuple[int, int, int]
@@ -50,6 +81,10 @@ class Context:
         return self.classes[i] if 0 <= i < len(self.classes) else f"class {i}"
 
     @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing.from_meta(self.meta)
+
+    @property
     def mask_scale(self) -> str:
         attention = self.meta.get("overrides", {}).get("attention", "mixed")
         return "channel_mask" if attention == "channel" else "mask"
@@ -57,16 +92,50 @@ class Context:
     def trace(self, **kwargs: Any) -> state.TraceData:
         return state.trace(self.entry.key, self.image_hash, self.model, self.meta, self.image, **kwargs)
 
+    def model_view(self) -> np.ndarray:
+        """The exact input tensor, de-normalised, enlarged by nearest neighbour to about DISPLAY_SIDE."""
+        return model_view(self.entry.key, self.image_hash, self.meta, self.image)
 
-@st.cache_data(show_spinner=False, max_entries=32)
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def model_view(model_key: str, image_hash: str, meta: dict, _image: Image.Image) -> np.ndarray:
+    prep = Preprocessing.from_meta(meta)
+    x = prep.denormalize(prep(_image))[0]
+    picture = (x.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    return maps.enlarge_nearest(picture, DISPLAY_SIDE)
+
+
+def cmap(quantity: str) -> str:
+    """The colormap the user chose for ``quantity`` ("mask", "feature" or "attribution"), used on every page."""
+    return st.session_state.get(f"cmap_{quantity}", maps.DEFAULT_CMAPS[quantity])
+
+
+def contrast_picker(page: str, container: Any = st) -> str:
+    """The page's contrast: the quantity's fixed natural scale, or stretched to each map's 1st–99th percentile."""
+    return container.radio(
+        "Contrast", maps.CONTRASTS, key=f"contrast_{page}", horizontal=True,
+        format_func={"fixed": "fixed natural scale", "stretch": "stretched (1st–99th pct.)"}.get,
+        help="Fixed: 0–1 for sigmoid masks, −1–1 for channel attention, symmetric around 0 for T, H and signed "
+             "attributions. Stretched: each map's own 1st–99th percentile, which shows structure in masks that "
+             "vary little. The colorbar under every map states which one is shown.",
+    )
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
 def decode(data: bytes, name: str) -> tuple[Image.Image, str]:
     """Decode an upload once (cached by its bytes); raises ``images.ImageError``."""
     image = images.load_image(data, name)
     return image, images.image_hash(image)
 
 
+@st.cache_resource(show_spinner=False)
 def _gallery_items() -> dict[str, images.GalleryItem]:
     return {f"{item.label} [{item.source}]": item for item in images.gallery()}
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _gallery_bytes(label: str) -> bytes:
+    return _gallery_items()[label].read()
 
 
 def _image_input() -> tuple[Image.Image, str, str] | None:
@@ -87,32 +156,59 @@ def _image_input() -> tuple[Image.Image, str, str] | None:
         if not items:
             st.sidebar.warning("No gallery photos found (install scikit-image, scikit-learn or matplotlib).")
             return None
+        if st.session_state.get("gallery") not in items:
+            st.session_state.pop("gallery", None)
         label = st.sidebar.selectbox("Gallery photo", list(items), key="gallery")
-        candidates = [(label, items[label].read())]
+        candidates = [(label, _gallery_bytes(label))]
     good: dict[str, tuple[Image.Image, str]] = {}
+    errors: list[str] = []
     for name, data in candidates:
         try:
             good[name] = decode(data, name)
         except images.ImageError as exc:
-            st.sidebar.error(f"Cannot use {name}: {exc}")
+            errors.append(f"Cannot use {name}: {exc}")
+    for error in errors:
+        st.sidebar.error(error)
+    st.session_state["_image_errors"] = errors
     if not good:
         if source != "Gallery":
             st.sidebar.info("Upload an image (or take a photo) to begin.")
         return None
+    if st.session_state.get("image_choice") not in good:
+        st.session_state.pop("image_choice", None)
     name = st.sidebar.selectbox("Image", list(good), key="image_choice") if len(good) > 1 else next(iter(good))
     image, digest = good[name]
     return image, name, digest
 
 
+def _default_model(entries: list[state.ModelEntry]) -> state.ModelEntry:
+    """Photos are shown with the photo model when one is present; otherwise the first trained checkpoint."""
+    usable = [e for e in entries if e.error is None]
+    for entry in usable:
+        if not entry.random and state.is_photo_model(entry.meta):
+            return entry
+    return next((e for e in usable if not e.random), usable[0] if usable else entries[0])
+
+
 def _pick_model() -> tuple[state.ModelEntry, torch.nn.Module, dict[str, Any], list[str]]:
     """The chosen model; if it cannot be loaded, say why and fall back to the next one that can."""
-    entries = state.catalogue()
+    trained = [e for e in state.catalogue(include_random=False) if e.error is None]
+    st.session_state.setdefault("show_random", not trained)
+    show_random = st.sidebar.toggle(
+        "Show untrained (random) models", key="show_random", disabled=not trained,
+        help="Randomly initialised networks show the architecture, not anything learned. Hidden while trained "
+             "checkpoints are present, on every page, unless switched on here.")
+    entries = state.catalogue(include_random=show_random or not trained)
     if not entries:
         st.error("No models: add checkpoints to checkpoints/ or set RESATTN_APP_MODELS.")
         st.stop()
-    labels = [e.label for e in entries]
-    chosen = st.sidebar.selectbox("Model", labels, key="model")
-    order = [entries[labels.index(chosen)]] + [e for e in entries if e.label != chosen]
+    by_key = {e.key: e for e in entries}
+    if st.session_state.get("model") not in by_key:  # first run, or the chosen model is gone
+        st.session_state["model"] = _default_model(entries).key
+    chosen = st.sidebar.selectbox("Model", list(by_key), key="model", format_func=lambda k: state.short_label(by_key[k]),
+                                  help="Photo uploads use the photo model by default; CIFAR models are listed too.")
+    st.sidebar.caption(by_key[chosen].label)
+    order = [by_key[chosen]] + [e for e in entries if e.key != chosen]
     notes: list[str] = []
     for entry in order:
         try:
@@ -140,20 +236,37 @@ def _module_counts(model: torch.nn.Module) -> tuple[int, int, int]:
 
 
 def stage_picker(counts: tuple[int, int, int]) -> tuple[int, int]:
-    """Stage (1–3) and module (1..m) as the paper names them."""
+    """Stage (1–3) and module (1..m) as the paper names them; a choice the new model lacks becomes valid again."""
     stages = [s for s in (1, 2, 3) if counts[s - 1] > 0] or [1]
+    if st.session_state.get("stage") not in stages:
+        st.session_state["stage"] = stages[0]
     stage = st.sidebar.selectbox("Attention stage", stages, key="stage", format_func=lambda s: f"stage {s}")
     modules = list(range(1, max(1, counts[stage - 1]) + 1))
+    if st.session_state.get("module") not in modules:
+        st.session_state["module"] = modules[-1] if st.session_state.get("module", 1) > modules[-1] else modules[0]
     index = st.sidebar.selectbox("Module", modules, key="module", format_func=lambda k: f"module {k}")
     return stage, index
 
 
+def colour_settings() -> None:
+    """One colormap per quantity, used by every panel on every page."""
+    with st.sidebar.expander("Colours", icon=":material/palette:"):
+        for quantity, label in (("mask", "Soft mask M"), ("feature", "Trunk T, output H (signed)"),
+                                ("attribution", "Attributions")):
+            st.selectbox(label, maps.CMAPS[quantity], key=f"cmap_{quantity}")
+
+
 def picture_of(image: Image.Image, meta: dict[str, Any]) -> np.ndarray:
-    """The region the model sees, at DISPLAY_SIDE on its longer side."""
-    fitted = images.fit_to_input(image, meta["input_size"])
-    w, h = fitted.size
+    """The region the model sees (the centre crop of its preprocessing), at DISPLAY_SIDE on its longer side."""
+    region = Preprocessing.from_meta(meta).view(image)
+    w, h = region.size
     scale = DISPLAY_SIDE / max(w, h)
-    return np.asarray(fitted.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR))
+    return np.asarray(region.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _picture(model_key: str, image_hash: str, meta: dict, _image: Image.Image) -> np.ndarray:
+    return picture_of(_image, meta)
 
 
 def sidebar() -> Context | None:
@@ -163,10 +276,12 @@ def sidebar() -> Context | None:
     chosen = _image_input()
     counts = _module_counts(model)
     stage, index = stage_picker(counts)
+    colour_settings()
     if chosen is None:
         return None
     image, name, digest = chosen
-    ctx = Context(entry, model, meta, image, name, digest, picture_of(image, meta), stage, index, counts, notes)
+    ctx = Context(entry, model, meta, image, name, digest, _picture(entry.key, digest, meta, image), stage, index,
+                  counts, notes)
     st.session_state["_context"] = ctx
     return ctx
 
@@ -175,6 +290,8 @@ def context() -> Context | None:
     """The context drawn by ``sidebar()`` on this run, or None (pages then ask for an image)."""
     ctx = st.session_state.get("_context")
     if ctx is None:
+        for error in st.session_state.get("_image_errors", []):
+            st.error(error)
         st.info("Choose an image in the sidebar: a gallery photo, an upload or the camera.")
     return ctx
 
@@ -184,18 +301,32 @@ def require_context(banner: bool = True) -> Context:
     ctx = context()
     if ctx is None:
         st.stop()
+    for error in st.session_state.get("_image_errors", []):
+        st.error(error)
     if banner:
         model_banner(ctx)
     return ctx
 
 
 def model_banner(ctx: Context) -> None:
-    """The model name, RANDOM label and accuracy at the top of a page."""
-    text = f"**Model:** {ctx.entry.label}"
+    """Which model is shown (name, data, accuracy), with the RANDOM label, at the top of a page."""
+    text = f"**Model shown:** `{state.short_label(ctx.entry)}` — {ctx.entry.label.split(' — ', 1)[-1]}"
     if ctx.entry.random:
         st.warning(f"{text} — **RANDOM** initialisation, untrained.")
     else:
         st.markdown(f"{text} · checkpoint `{ctx.entry.short_hash}`")
+
+
+def image_columns(ctx: Context) -> None:
+    """The picture beside the exact tensor the model receives."""
+    prep = ctx.preprocessing
+    a, b = st.columns(2)
+    with a:
+        st.image(ctx.picture, caption=f"{ctx.image_name}: the region the model sees "
+                 + ("(the whole image)" if prep.crop_fraction == 1 else f"(centre {prep.crop_fraction:.1%} crop)"))
+    with b:
+        st.image(ctx.model_view(), caption=f"The model's input: {prep.size}×{prep.size} pixels, de-normalised, "
+                 "enlarged by nearest neighbour (each square is one input pixel)")
 
 
 def package_versions() -> dict[str, str]:
@@ -224,12 +355,13 @@ def manifest(ctx: Context, **fields: Any) -> dict[str, Any]:
 
 
 def npz_bytes(arrays: dict[str, np.ndarray], manifest_: dict[str, Any]) -> bytes:
-    """A .npz of the raw maps with the manifest stored as the ``manifest`` entry (a JSON string).
-
-    Uncompressed: it is rebuilt on every rerun of the page, and compression would cost more than the
-    0.2 s a stage or reduction switch may take."""
+    """A .npz of the raw maps with the manifest stored as the ``manifest`` entry (a JSON string)."""
     import io
 
     buffer = io.BytesIO()
     np.savez(buffer, manifest=np.array(json.dumps(manifest_, sort_keys=True)), **arrays)
     return buffer.getvalue()
+
+
+def timed(label: str, start: float) -> None:
+    st.caption(f"⏱ {label} in {(time.perf_counter() - start) * 1000:.0f} ms")

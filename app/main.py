@@ -1,7 +1,6 @@
 """The resattn explorer: ``streamlit run app/main.py``.
 
-The sidebar (model, image, stage, module) is shared by every page; each page lives in ``app/views/``.
-Train is a placeholder until the fine-tuning jobs issue fills ``app/views/train.py``.
+The sidebar (model, image, stage, module, colours) is shared by every page; each page lives in ``app/views/``.
 """
 
 import sys
@@ -27,6 +26,7 @@ PAGES = [
 ]
 
 page = st.navigation(PAGES)
+components.keep_widget_state()
 st.session_state.pop("_context", None)
 components.sidebar()
 page.run()

@@ -13,6 +13,10 @@ Configuration (environment variables):
 * ``RESATTN_THREADS``: torch intra-op threads (default 1).
 * ``RESATTN_APP_MODELS``: the randomly initialised models to offer, comma-separated, each
   ``name[@input_size][:key=value;key=value]``, e.g. ``attention56_cifar:width_mult=0.25``. ``none`` offers none.
+  When trained checkpoints are present, random models are listed only when the sidebar's switch asks for them.
+
+Memory is bounded by the caches' ``max_entries`` (models 16, traces 48, attributions 96, panels 256, decoded
+uploads 64 in ``components``); ``scripts/bench_classroom.py`` measures the server's resident memory under load.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +35,8 @@ import torch
 from PIL import Image
 
 import resattn
-from resattn import attribution, images
+from resattn import attribution, maps
+from resattn.preprocess import Preprocessing, resize_for_crop
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -103,16 +109,37 @@ def random_meta(spec: str) -> dict[str, Any]:
         classes = list(CIFAR10_CLASSES)
     else:
         classes = [f"class {i}" for i in range(num_classes)]
+    side = size or (224 if imagenet else 32)
     return {
         "model": name,
         "overrides": overrides,
         "classes": classes,
-        "input_size": size or (224 if imagenet else 32),
+        "input_size": side,
+        "resize": resize_for_crop(side) if imagenet else side,
         "mean": list(IMAGENET_MEAN if imagenet else CIFAR_MEAN),
         "std": list(IMAGENET_STD if imagenet else CIFAR_STD),
         "dataset": "none (random weights)",
         "metrics": {},
+        "arch_revision": resattn.networks.ARCH_REVISION,
     }
+
+
+def short_label(entry: "ModelEntry") -> str:
+    """A few words for the sidebar picker: file name (or RANDOM + model), the full description is shown below."""
+    if entry.error:
+        return entry.label
+    if entry.random:
+        o = entry.meta.get("overrides", {})
+        return f"RANDOM {entry.meta.get('model', '?')} {o.get('attention', 'mixed')} {str(o.get('learning', 'arl')).upper()}"
+    return entry.path.stem if entry.path else entry.label
+
+
+def is_photo_model(meta: dict[str, Any]) -> bool:
+    """A model for photos: trained on larger-than-CIFAR images (e.g. Imagenette at 128 px)."""
+    try:
+        return Preprocessing.from_meta(meta).size > 64
+    except (KeyError, TypeError, ValueError):
+        return False
 
 
 def describe_meta(meta: dict[str, Any]) -> str:
@@ -137,8 +164,12 @@ def _hash_file(path: str, mtime: float, size: int) -> str:
     return resattn.file_hash(path)
 
 
-def catalogue() -> list[ModelEntry]:
-    """Every checkpoint in the checkpoint directory (read from its header only), then the random models."""
+def catalogue(include_random: bool | None = None) -> list[ModelEntry]:
+    """Every checkpoint in the checkpoint directory (read from its header only), then the random models.
+
+    ``include_random=None``: random models only when no trained checkpoint can be read (so the app always has
+    something to show); ``True`` / ``False`` force them in or out.
+    """
     entries: list[ModelEntry] = []
     folder = checkpoint_dir()
     for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
@@ -149,7 +180,9 @@ def catalogue() -> list[ModelEntry]:
             entries.append(ModelEntry(key, f"{path.stem} — {describe_meta(meta)}", meta, path=path))
         except resattn.CheckpointError as exc:
             entries.append(ModelEntry(key, f"⚠ {path.name} (cannot be read)", path=path, error=str(exc)))
-    specs = os.environ.get("RESATTN_APP_MODELS", DEFAULT_RANDOM)
+    if include_random is None:
+        include_random = not any(e.error is None for e in entries)
+    specs = os.environ.get("RESATTN_APP_MODELS", DEFAULT_RANDOM) if include_random else "none"
     for spec in [] if specs.strip().lower() == "none" else [s for s in specs.split(",") if s.strip()]:
         try:
             meta = random_meta(spec)
@@ -160,7 +193,8 @@ def catalogue() -> list[ModelEntry]:
     return entries
 
 
-@st.cache_resource(show_spinner="Loading model…", max_entries=16)
+@st.cache_resource(show_spinner="Loading the model (first use on this server; other sessions wait for it too)…",
+                   max_entries=16)
 def load_model(key: str, path: str | None, spec: str | None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Load one model per process, keyed by content hash; raises ``resattn.CheckpointError`` for a bad file."""
     with _LOAD_LOCK:
@@ -189,11 +223,14 @@ def load_entry(entry: ModelEntry) -> tuple[torch.nn.Module, dict[str, Any]]:
 
 @dataclass
 class TraceData:
-    """A trace turned into NumPy (picklable for st.cache_data): probabilities and per-module maps."""
+    """A trace turned into NumPy (picklable for st.cache_data): probabilities, per-module maps and the mean
+    absolute output of each stage (the paper's Fig. 4 quantity, also for the ResNet baseline)."""
 
     probs: np.ndarray
     modules: list[dict[str, Any]]  # stage, index, name, mask, trunk, output, mask_path [(label, array)]
     seconds: float
+    stage_response: list[float] = field(default_factory=list)
+    model_key: str = ""  # which model computed it (exports name it)
 
     def module(self, stage: int, index: int) -> dict[str, Any]:
         for m in self.modules:
@@ -206,10 +243,11 @@ class TraceData:
 
 
 def model_input(image: Image.Image, meta: dict[str, Any]) -> torch.Tensor:
-    return images.to_tensor(image, meta["input_size"], meta["mean"], meta["std"])
+    """The exact input evaluation feeds the model (``resattn.preprocess.Preprocessing`` from the meta)."""
+    return Preprocessing.from_meta(meta)(image)
 
 
-def _trace_to_numpy(trace: resattn.Trace, seconds: float, with_path: bool) -> TraceData:
+def _trace_to_numpy(trace: resattn.Trace, seconds: float, with_path: bool, model_key: str) -> TraceData:
     probs = torch.softmax(trace.logits.float(), dim=1)[0].numpy()
     modules = []
     for r in trace.modules:
@@ -219,10 +257,11 @@ def _trace_to_numpy(trace: resattn.Trace, seconds: float, with_path: bool) -> Tr
             "mask_logits": r.mask_logits[0].numpy() if with_path else None,
             "mask_path": [(label, t[0].numpy()) for label, t in r.mask_path] if with_path else [],
         })
-    return TraceData(probs, modules, seconds)
+    response = [maps.mean_abs_response(s[0]) for s in trace.stage_outputs]
+    return TraceData(probs, modules, seconds, response, model_key)
 
 
-@st.cache_data(show_spinner=False, max_entries=32)
+@st.cache_data(show_spinner=False, max_entries=48)
 def trace(model_key: str, image_hash: str, _model: torch.nn.Module, _meta: dict, _image: Image.Image,
           with_path: bool = False, knockout: tuple[int, int, str] | None = None) -> TraceData:
     """``resattn.inspect`` (or ``knockout``) on one image, as NumPy; cached by model key and image hash."""
@@ -232,17 +271,72 @@ def trace(model_key: str, image_hash: str, _model: torch.nn.Module, _meta: dict,
         result = resattn.inspect(_model, x)
     else:
         result = resattn.knockout(_model, x, *knockout)
-    return _trace_to_numpy(result, time.perf_counter() - start, with_path)
+    return _trace_to_numpy(result, time.perf_counter() - start, with_path, model_key)
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
+class SharedResults:
+    """A bounded, thread-safe cache shared by every session of the server, which knows what is being computed:
+    a session that asks for a result another session is computing waits for it (and is told so) instead of
+    computing it twice. Long computations report progress through callbacks, which ``st.cache_data`` cannot
+    carry, hence this small class."""
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self.lock = threading.Lock()
+        self.values: "OrderedDict[tuple, Any]" = OrderedDict()
+        self.running: dict[tuple, threading.Event] = {}
+
+    def get(self, key: tuple, compute: Any, on_wait: Any = None) -> Any:
+        while True:
+            with self.lock:
+                if key in self.values:
+                    self.values.move_to_end(key)
+                    return self.values[key]
+                event = self.running.get(key)
+                if event is None:
+                    event = self.running[key] = threading.Event()
+                    break
+            if on_wait is not None:
+                on_wait("another session is computing this same map; waiting for its result")
+            event.wait()
+        try:
+            value = compute()
+            with self.lock:
+                self.values[key] = value
+                while len(self.values) > self.max_entries:
+                    self.values.popitem(last=False)
+            return value
+        finally:
+            with self.lock:
+                self.running.pop(key, None)
+            event.set()
+
+
+@st.cache_resource
+def attribution_results() -> SharedResults:
+    """One per server process: attribution maps by (model, image, method, class, stage, steps)."""
+    return SharedResults(max_entries=96)
+
+
 def attribution_map(model_key: str, image_hash: str, method: str, target: int, stage: int, steps: int,
-                    _model: torch.nn.Module, _meta: dict, _image: Image.Image) -> tuple[np.ndarray, float]:
-    """One attribution map at the model input's resolution, and the seconds it took."""
-    start = time.perf_counter()
-    options = {"steps": steps} if method == "integrated_gradients" else {}
-    result = attribution.attribute(_model, model_input(_image, _meta), target, method, stage=stage, **options)
-    return result, time.perf_counter() - start
+                    model: torch.nn.Module, meta: dict, image: Image.Image,
+                    progress: Any = None, on_wait: Any = None) -> tuple[np.ndarray, float]:
+    """One attribution map at the model input's resolution and the seconds it took; shared by every session.
+    ``progress(done, total)`` and ``on_wait(message)`` report to the page."""
+
+    def compute() -> tuple[np.ndarray, float]:
+        start = time.perf_counter()
+        options = {"steps": steps} if method == "integrated_gradients" else {}
+        result = attribution.attribute(
+            model, model_input(image, meta), target, method, stage=stage,
+            progress=progress or (lambda done, total: None),
+            on_wait=(lambda: on_wait("all private model copies are busy with other sessions' Guided Grad-CAM; "
+                                     "waiting for one")) if on_wait else None,
+            **options)
+        return result, time.perf_counter() - start
+
+    key = (model_key, image_hash, method, int(target), int(stage), int(steps) if method == "integrated_gradients" else 0)
+    return attribution_results().get(key, compute, on_wait)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

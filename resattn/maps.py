@@ -2,8 +2,18 @@
 
 A reduction over channels (mean, max, one channel, or the top-k channels by mask energy) gives one map per
 tensor; :func:`describe` reports its value range and sign and flags maps that are NaN or constant, so the app
-never draws a meaningless map as if it meant something; :func:`value_range` picks a colour scale that keeps
-the map's range and sign (masks on their fixed [0, 1] or [−1, 1] scale, signed features centred on 0).
+never draws a meaningless map as if it meant something.
+
+Colour scales (:func:`scale_for`) come in two contrasts, and a :class:`Scale` always says which one it is:
+
+* ``fixed`` — the natural scale of the quantity: [0, 1] for sigmoid masks (mixed and spatial attention),
+  [−1, 1] for channel attention (f2), symmetric around 0 for trunk features T and outputs H (±max |x|), and
+  [0, max] or ±max |x| for attributions; so a mask of 0.5 everywhere looks like 0.5, not like contrast.
+* ``stretch`` — the map's own 1st–99th percentile (kept symmetric around 0 for diverging quantities), which
+  shows structure in a mask that only spans 0.42–0.52, and is labelled as stretched on the colorbar.
+
+One colormap per quantity (:data:`DEFAULT_CMAPS`: mask, feature, attribution) is used for every panel of that
+quantity; :func:`colorbar` draws the numeric scale that goes with each picture.
 """
 
 from __future__ import annotations
@@ -22,6 +32,16 @@ from torch import Tensor
 __all__ = [
     "Reduction",
     "REDUCTIONS",
+    "Contrast",
+    "CONTRASTS",
+    "Quantity",
+    "DEFAULT_CMAPS",
+    "CMAPS",
+    "Scale",
+    "scale_for",
+    "colorbar",
+    "with_colorbar",
+    "enlarge_nearest",
     "MapStats",
     "MapView",
     "as_array",
@@ -42,6 +62,18 @@ __all__ = [
 
 Reduction = Literal["mean", "max", "channel", "topk"]
 REDUCTIONS: tuple[str, ...] = ("mean", "max", "channel", "topk")
+Contrast = Literal["fixed", "stretch"]
+CONTRASTS: tuple[str, ...] = ("fixed", "stretch")
+#: What a map shows: a sigmoid mask, a channel-attention mask (f2), a feature map (T, H) or an attribution.
+Quantity = Literal["mask", "channel_mask", "feature", "attribution"]
+#: One colormap per kind of quantity, the same on every page (the app lets the user change them in one place).
+DEFAULT_CMAPS: dict[str, str] = {"mask": "viridis", "feature": "RdBu_r", "attribution": "inferno"}
+#: Colormaps offered for each kind (sequential ones first for masks and attributions, diverging for features).
+CMAPS: dict[str, tuple[str, ...]] = {
+    "mask": ("viridis", "magma", "inferno", "cividis", "gray", "jet"),
+    "feature": ("RdBu_r", "coolwarm", "PuOr_r", "viridis", "magma", "gray"),
+    "attribution": ("inferno", "magma", "viridis", "hot", "RdBu_r", "jet"),
+}
 
 
 def as_array(x: Tensor | np.ndarray) -> np.ndarray:
@@ -144,6 +176,59 @@ def describe(x: np.ndarray, rtol: float = 1e-6) -> MapStats:
     return MapStats(lo, hi, mean, sign, problem)
 
 
+@dataclass(frozen=True)
+class Scale:
+    """A colour scale and what it means: the range, whether it is centred on 0, and fixed or stretched."""
+
+    low: float
+    high: float
+    diverging: bool
+    contrast: str  # "fixed" or "stretch"
+    description: str  # for captions and the colorbar title
+
+    @property
+    def stretched(self) -> bool:
+        return self.contrast == "stretch"
+
+
+_NATURAL = {
+    "mask": "fixed scale 0–1 (sigmoid mask)",
+    "channel_mask": "fixed scale −1–1 (channel attention f2)",
+    "feature": "fixed scale: symmetric around 0 (±max |x|)",
+    "attribution": "fixed scale: 0–max, or symmetric around 0 if signed",
+}
+
+
+def scale_for(values: np.ndarray, quantity: Quantity, contrast: Contrast = "fixed") -> Scale:
+    """The colour scale of a map of ``quantity`` under ``contrast`` (see the module docstring)."""
+    if contrast not in CONTRASTS:
+        raise ValueError(f"contrast must be one of {CONTRASTS}, got {contrast!r}")
+    if quantity not in _NATURAL:
+        raise ValueError(f"quantity must be one of {tuple(_NATURAL)}, got {quantity!r}")
+    a = np.asarray(values, dtype=np.float64)
+    a = a[np.isfinite(a)]
+    if a.size == 0:
+        return Scale(0.0, 1.0, False, contrast, "no finite values")
+    signed = quantity == "channel_mask" or quantity == "feature" or (quantity == "attribution" and a.min() < 0)
+    if contrast == "fixed":
+        if quantity == "mask":
+            return Scale(0.0, 1.0, False, "fixed", _NATURAL[quantity])
+        if quantity == "channel_mask":
+            return Scale(-1.0, 1.0, True, "fixed", _NATURAL[quantity])
+        bound = float(np.abs(a).max()) or 1.0
+        if signed:
+            return Scale(-bound, bound, True, "fixed", f"fixed scale: symmetric around 0, ±{bound:.3g} (±max |x|)")
+        return Scale(0.0, bound, False, "fixed", f"fixed scale: 0–{bound:.3g} (0 to max)")
+    if signed:
+        bound = float(np.percentile(np.abs(a), 99)) or float(np.abs(a).max()) or 1.0
+        return Scale(-bound, bound, True, "stretch",
+                     f"stretched to this map: ±{bound:.3g} (99th percentile of |x|), 0 at the centre")
+    low, high = (float(v) for v in np.percentile(a, [1, 99]))
+    if high <= low:
+        low, high = float(a.min()), float(a.max()) if a.max() > a.min() else float(a.min()) + 1e-6
+    return Scale(low, high, False, "stretch", f"stretched to this map's 1st–99th percentile: {low:.3g}–{high:.3g}")
+
+
 def value_range(stats: MapStats, kind: Literal["auto", "mask", "channel_mask"] = "auto") -> tuple[float, float, bool]:
     """(low, high, diverging) for the colour scale.
 
@@ -172,6 +257,55 @@ def colorize(map2d: np.ndarray, low: float, high: float, cmap: str = "viridis") 
     scaled = (np.nan_to_num(map2d, nan=low) - low) / max(high - low, 1e-12)
     lut = (colormaps[cmap](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
     return lut[np.clip(scaled * 255 + 0.5, 0, 255).astype(np.uint8)]
+
+
+def _font(size: int):  # noqa: ANN202 - a PIL font
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def _tick(value: float) -> str:
+    return f"{value:.3g}".replace("-", "−")
+
+
+def colorbar(scale: Scale, cmap: str, width: int, height: int = 14, font_size: int = 12) -> np.ndarray:
+    """A horizontal colorbar for ``scale`` as an H×W×3 uint8 picture: the gradient, then the numbers at the
+    ends and the middle, and "stretched" when the scale is the map's own percentiles."""
+    from PIL import ImageDraw
+
+    gradient = colorize(np.tile(np.linspace(scale.low, scale.high, max(2, width))[None, :], (height, 1)),
+                        scale.low, scale.high, cmap)
+    text_height = font_size + 6
+    canvas = Image.new("RGB", (width, height + text_height), "white")
+    canvas.paste(Image.fromarray(gradient), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    font = _font(font_size)
+    middle = (scale.low + scale.high) / 2
+    labels = [(_tick(scale.low), 0.0), (_tick(middle), 0.5), (_tick(scale.high), 1.0)]
+    if scale.stretched:
+        labels[1] = (f"{_tick(middle)} · stretched", 0.5)
+    for text, where in labels:
+        w = draw.textlength(text, font=font)
+        x = min(max(0.0, where * width - w * where), width - w)
+        draw.text((x, height + 2), text, fill="black", font=font)
+    return np.asarray(canvas)
+
+
+def with_colorbar(picture: np.ndarray, scale: Scale, cmap: str) -> np.ndarray:
+    """``picture`` with its colorbar underneath (what the app shows and exports as PNG)."""
+    bar = colorbar(scale, cmap, picture.shape[1], font_size=max(10, min(14, picture.shape[1] // 24)))
+    return np.concatenate([picture, np.full((4, picture.shape[1], 3), 255, np.uint8), bar], axis=0)
+
+
+def enlarge_nearest(picture: np.ndarray, side: int) -> np.ndarray:
+    """Enlarge an H×W×3 uint8 picture by nearest neighbour (every input pixel stays a visible square)."""
+    h, w = picture.shape[:2]
+    factor = max(1, side // max(h, w))
+    return np.repeat(np.repeat(picture, factor, axis=0), factor, axis=1)
 
 
 def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:
@@ -211,13 +345,28 @@ class MapView:
     reduced: np.ndarray  # H×W at the module's resolution
     upsampled: np.ndarray  # at the picture's resolution
     stats: MapStats
-    low: float
-    high: float
-    diverging: bool
+    scale: Scale
+    cmap: str
     heat: np.ndarray  # uint8 colour map at the picture's resolution
     overlay: np.ndarray  # uint8 heat blended over the picture
-    grid: np.ndarray | None = None  # top-k: one small tile per channel
+    grid: np.ndarray | None = None  # top-k: one small tile per channel (same scale)
     channels: list[int] = field(default_factory=list)
+
+    @property
+    def low(self) -> float:
+        return self.scale.low
+
+    @property
+    def high(self) -> float:
+        return self.scale.high
+
+    @property
+    def diverging(self) -> bool:
+        return self.scale.diverging
+
+    def picture(self, overlaid: bool) -> np.ndarray:
+        """The panel as shown: the overlay or the bare colour map, with its colorbar underneath."""
+        return with_colorbar(self.overlay if overlaid else self.heat, self.scale, self.cmap)
 
 
 def view_map(
@@ -228,22 +377,24 @@ def view_map(
     how: Reduction = "mean",
     channel: int = 0,
     channels: Sequence[int] | None = None,
-    scale: Literal["auto", "mask", "channel_mask"] = "auto",
-    cmap: str = "viridis",
+    quantity: Quantity = "feature",
+    contrast: Contrast = "fixed",
+    cmap: str | None = None,
     alpha: float = 0.5,
 ) -> MapView:
-    """Reduce ``x`` (C×H×W), upsample to ``picture`` (H×W×3 uint8), colour and overlay it.
+    """Reduce ``x`` (C×H×W), upsample to ``picture`` (H×W×3 uint8), colour it on the scale of ``quantity`` under
+    ``contrast`` with ``cmap`` (default: the quantity's :data:`DEFAULT_CMAPS` entry) and overlay it.
 
     A NaN or constant map is flagged in ``stats`` and drawn flat grey, never with stretched contrast.
     """
+    cmap = cmap or DEFAULT_CMAPS["mask" if quantity == "channel_mask" else quantity]
     reduced = reduce_channels(x, how, channel=channel, channels=channels)
     size = picture.shape[:2]
     up = upsample(reduced, size)
     stats = describe(reduced)
-    low, high, diverging = value_range(stats, scale)
-    colours = cmap if not diverging or cmap != "viridis" else "RdBu_r"
+    scale = scale_for(reduced, quantity, contrast)
     if stats.ok:
-        heat = colorize(up, low, high, colours)
+        heat = colorize(up, scale.low, scale.high, cmap)
         blended = overlay(picture, heat, alpha)
     else:
         heat = np.full(picture.shape, 128, np.uint8)
@@ -251,15 +402,12 @@ def view_map(
     grid = None
     if how == "topk" and channels:
         a = as_array(x)
-        tiles = []
-        for c in channels:
-            s = describe(a[c])
-            lo, hi, div = value_range(s, scale)
-            tiles.append(colorize(a[c], lo, hi, colours) if s.ok else np.full((*a[c].shape, 3), 128, np.uint8))
+        tiles = [colorize(a[c], scale.low, scale.high, cmap) if describe(a[c]).ok
+                 else np.full((*a[c].shape, 3), 128, np.uint8) for c in channels]
         side = max(24, min(96, 384 // max(1, min(4, len(tiles)))))
         tiles = [np.asarray(Image.fromarray(t).resize((side, side), Image.Resampling.NEAREST)) for t in tiles]
         grid = tile(tiles, columns=4)
-    return MapView(name, reduced, up, stats, low, high, diverging, heat, blended, grid, list(channels or []))
+    return MapView(name, reduced, up, stats, scale, cmap, heat, blended, grid, list(channels or []))
 
 
 def mask_statistics(mask: Tensor | np.ndarray) -> dict[str, float]:
@@ -283,18 +431,22 @@ def module_views(
     channel: int = 0,
     k: int = 8,
     mask_scale: Literal["mask", "channel_mask"] = "mask",
-    cmap: str = "viridis",
+    contrast: Contrast = "fixed",
+    mask_cmap: str | None = None,
+    feature_cmap: str | None = None,
     alpha: float = 0.5,
 ) -> dict[str, MapView]:
     """The three panels of one attention module: soft mask M, trunk T and output H, reduced the same way.
 
-    For ``topk`` the channels are ranked by the *mask's* energy and the same channels are shown for T and H,
-    so the three panels stay comparable.
+    M is drawn on the mask's scale (``mask_scale``: [0, 1] sigmoid or [−1, 1] channel attention) with the mask
+    colormap; T and H are signed features, drawn symmetric around 0 with the feature colormap. ``contrast``
+    applies to all three. For ``topk`` the channels are ranked by the *mask's* energy and the same channels are
+    shown for T and H, so the three panels stay comparable.
     """
     channels = topk_channels(mask, k) if how == "topk" else None
-    common = dict(how=how, channel=channel, channels=channels, cmap=cmap, alpha=alpha)
+    common = dict(how=how, channel=channel, channels=channels, contrast=contrast, alpha=alpha)
     return {
-        "M": view_map(mask, "M (soft mask)", picture, scale=mask_scale, **common),
-        "T": view_map(trunk, "T (trunk)", picture, **common),
-        "H": view_map(output, "H (module output)", picture, **common),
+        "M": view_map(mask, "M (soft mask)", picture, quantity=mask_scale, cmap=mask_cmap, **common),
+        "T": view_map(trunk, "T (trunk)", picture, quantity="feature", cmap=feature_cmap, **common),
+        "H": view_map(output, "H (module output)", picture, quantity="feature", cmap=feature_cmap, **common),
     }

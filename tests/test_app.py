@@ -1,5 +1,6 @@
 """The explorer driven headlessly with streamlit.testing (AppTest): every page and every main control path,
-on tiny randomly initialised models and a tiny checkpoint written to tmp_path, plus one test per bad input."""
+on tiny checkpoints written to tmp_path (a CIFAR one, a photo one with other classes and 1/2/3 modules, a broken
+one) and a tiny random model, plus one test per bad input."""
 
 from __future__ import annotations
 
@@ -21,19 +22,33 @@ except ImportError:
 
 APP = Path(__file__).resolve().parents[1] / "app"
 TINY = "attention56_cifar:width_mult=0.25;attention=spatial;learning=nal"
+CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 sys.path.insert(0, str(APP))
+
+
+def _settle_bn(model, size):
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(4, 3, size, size))
+    return model.eval()
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    """A tiny mixed/ARL checkpoint and a broken one (which must fall back)."""
+    """A tiny CIFAR mixed/ARL checkpoint, a tiny photo model (ImageNet topology, 1/2/3 modules, three classes,
+    72-px input) and a broken file (which must fall back)."""
     folder = tmp_path_factory.mktemp("checkpoints")
     torch.manual_seed(0)
-    model = resattn.create_model("attention56_cifar", width_mult=0.25)
-    meta = {"classes": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"],
-            "input_size": 32, "mean": [0.49, 0.48, 0.45], "std": [0.25, 0.24, 0.26], "dataset": "cifar10",
-            "metrics": {"test_top1": 0.5}, "recipe": "test"}
+    model = _settle_bn(resattn.create_model("attention56_cifar", width_mult=0.25), 32)
+    meta = {"classes": CIFAR_CLASSES, "input_size": 32, "mean": [0.49, 0.48, 0.45], "std": [0.25, 0.24, 0.26],
+            "dataset": "cifar10", "metrics": {"test_top1": 0.5}, "recipe": "test"}
     resattn.save_checkpoint(folder / "a_tiny.safetensors", model, meta)
+    torch.manual_seed(1)
+    photo_model = _settle_bn(resattn.create_model("attention92_imagenet", width_mult=0.0625, num_classes=3), 72)
+    photo_meta = {"classes": ["tench", "church", "parachute"], "input_size": 72, "resize": 82,
+                  "mean": [0.46, 0.45, 0.42], "std": [0.27, 0.26, 0.28], "dataset": "imagenette",
+                  "metrics": {"test_top1": 0.8}, "recipe": "test"}
+    resattn.save_checkpoint(folder / "b_photo.safetensors", photo_model, photo_meta)
     (folder / "z_broken.safetensors").write_bytes(b"\x80\x04 not a checkpoint")
     return folder
 
@@ -58,17 +73,46 @@ def upload(at: AppTest, *files: tuple[str, bytes]) -> AppTest:
 
 
 def captions(at: AppTest) -> str:
-    return "\n".join(c.value for c in at.caption)
+    """Every caption on the page, including the captions of images (where the panels state their scale)."""
+    return "\n".join([c.value for c in at.caption] + [c for i in at.image for c in i.captions])
 
 
-def test_explore_gallery_shows_predictions_and_mask_panels(app):
+def model_key(at: AppTest, stem: str) -> str:
+    import state
+
+    return next(e.key for e in state.catalogue(include_random=True) if e.path is not None and e.path.stem == stem)
+
+
+def use_model(at: AppTest, stem: str) -> AppTest:
+    return at.selectbox(key="model").set_value(model_key(at, stem)).run()
+
+
+def top5(at: AppTest) -> list[str]:
+    return list(at.dataframe[0].value["class"])
+
+
+def test_photos_open_with_the_photo_model_and_every_panel_has_a_colorbar(app):
     no_exceptions(app)
-    assert len(app.dataframe) == 1 and len(app.dataframe[0].value) == 5  # top-5
-    assert len(app.image) >= 4  # the model's view + M, T, H
+    assert app.selectbox(key="model").value == model_key(app, "b_photo")  # a photo model for photos by default
+    assert any("Model shown:" in m.value and "b_photo" in m.value for m in app.markdown)
+    assert len(app.dataframe) == 1 and len(app.dataframe[0].value) == 3  # top-5 of a 3-class model
+    assert len(app.image) >= 5  # the picture, the exact input + M, T, H
     text = captions(app)
+    assert "The model's input: 72×72 pixels" in text and "centre 87.8% crop" in text
     assert "range [" in text and "sign:" in text and "⏱" in text
-    assert "a_tiny" in app.selectbox(key="model").value
-    assert any("stage 1, module 1" in s.value.lower() for s in app.subheader)
+    assert text.count("colours: stretched") == 3  # the default contrast, stated under every panel
+    assert "(viridis)" in text and "(RdBu_r)" in text
+
+
+def test_the_model_input_is_exactly_what_evaluation_feeds(app):
+    import state
+    from resattn.preprocess import Preprocessing
+
+    ctx = app.session_state["_context"]
+    x = state.model_input(ctx.image, ctx.meta)
+    torch.testing.assert_close(x, Preprocessing.from_meta(ctx.meta)(ctx.image))
+    view = ctx.model_view()
+    assert view.shape[0] % 72 == 0 and view.shape[0] >= 72 * 4  # nearest-neighbour enlargement of 72×72
 
 
 def test_upload_several_images_and_pick_one(app):
@@ -77,7 +121,7 @@ def test_upload_several_images_and_pick_one(app):
     assert at.selectbox(key="image_choice").options == ["one.png", "two.jpg"]
     at.selectbox(key="image_choice").set_value("two.jpg").run()
     no_exceptions(at)
-    assert len(at.image) >= 4 and "two.jpg" in "".join(" ".join(i.captions) for i in at.image)
+    assert len(at.image) >= 5 and "two.jpg" in captions(at)
 
 
 @pytest.mark.parametrize("kind", list(bad_files()))
@@ -86,7 +130,15 @@ def test_bad_upload_is_reported_and_the_app_goes_on(app, kind):
     at = upload(app, (name, data), ("good.png", encode(photo(40, 40))))
     no_exceptions(at)
     assert any(name in e.value and "Cannot use" in e.value for e in at.error)
-    assert len(at.image) >= 4  # the good image is still explored
+    assert len(at.image) >= 5  # the good image is still explored
+
+
+def test_an_upload_error_is_also_shown_on_the_page(app):
+    name, data = bad_files()["corrupt"]
+    at = upload(app, (name, data))
+    no_exceptions(at)
+    main_errors = [e.value for e in at.main.error]
+    assert any("Cannot use corrupt.png" in e for e in main_errors), main_errors
 
 
 def test_camera_input_path(app):
@@ -95,22 +147,59 @@ def test_camera_input_path(app):
     assert len(at.camera_input) == 1 and any("Upload an image" in i.value for i in at.info)
 
 
-def test_model_switch_to_random_and_broken_checkpoint_falls_back(app):
-    labels = app.selectbox(key="model").options
-    random_label = next(label for label in labels if label.startswith("RANDOM"))
-    at = app.selectbox(key="model").set_value(random_label).run()
+def test_random_models_stay_hidden_until_asked_for(app):
+    import state
+
+    labels = app.selectbox(key="model").options  # AppTest lists the labels the picker shows
+    assert "a_tiny" in labels and "b_photo" in labels
+    assert not any(label.startswith("RANDOM") for label in labels)
+    at = app.toggle(key="show_random").set_value(True).run()
+    no_exceptions(at)
+    assert any(label.startswith("RANDOM") for label in at.selectbox(key="model").options)
+    random_key = next(e.key for e in state.catalogue(include_random=True) if e.random)
+    at.selectbox(key="model").set_value(random_key).run()
     no_exceptions(at)
     assert any("RANDOM" in w.value for w in at.warning)
-    broken = next(label for label in labels if "z_broken" in label)
-    at.selectbox(key="model").set_value(broken).run()
+    at.switch_page("views/compare.py").run()
+    assert any(r.startswith("RANDOM") for r in at.dataframe[0].value["model"])
+    at.switch_page("views/explore.py").run()
+    at.toggle(key="show_random").set_value(False).run()
+    no_exceptions(at)
+    assert at.selectbox(key="model").value in {e.key for e in state.catalogue(include_random=False)}
+
+
+def test_broken_checkpoint_falls_back_with_its_reason(app):
+    at = use_model(app, "z_broken")
     no_exceptions(at)
     assert any("Falling back" in e.value and "pickle" in e.value for e in at.error)
-    assert len(at.image) >= 4
+    assert len(at.image) >= 5
 
 
-def test_stage_and_module_switch(app):
-    at = app.selectbox(key="stage").set_value(3).run()
+def test_a_model_switch_shows_the_new_models_predictions(app):
+    """The trace cache is keyed by the model: after a switch the table holds the new model's classes and
+    probabilities, exactly as a direct computation gives them."""
+    import state
+
+    photo_top = top5(app)
+    at = use_model(app, "a_tiny")
     no_exceptions(at)
+    ctx = at.session_state["_context"]
+    with torch.no_grad():
+        probs = torch.softmax(ctx.model(state.model_input(ctx.image, ctx.meta)), dim=1)[0]
+    expected = [CIFAR_CLASSES[int(i)] for i in torch.argsort(probs, descending=True)[:5]]
+    assert top5(at) == expected and set(photo_top) <= {"tench", "church", "parachute"}
+    np.testing.assert_allclose(at.dataframe[0].value["probability"], torch.sort(probs, descending=True).values[:5],
+                               rtol=1e-5)
+
+
+def test_stage_and_module_stay_valid_across_models_with_other_module_counts(app):
+    at = app.selectbox(key="stage").set_value(3).run()  # the photo model: 1/2/3 modules
+    at.selectbox(key="module").set_value(3).run()
+    no_exceptions(at)
+    assert any("Stage 3, module 3" in s.value for s in at.subheader)
+    at = use_model(at, "a_tiny")  # 1/1/1
+    no_exceptions(at)
+    assert at.selectbox(key="module").value == 1 and at.selectbox(key="stage").value == 3
     assert any("Stage 3, module 1" in s.value for s in at.subheader)
     assert "8×8" in captions(at)  # stage 3 of the CIFAR topology works at 8×8
 
@@ -130,10 +219,39 @@ def test_each_reduction(app, reduction):
         assert sum("top-4 channels by mask energy" in c for i in at.image for c in i.captions) == 3
 
 
-def test_overlay_controls_and_panel_exports(app):
+def test_controls_and_maps_agree_after_an_upload(app):
+    """Changed controls survive the upload run (which redraws the page without them at first)."""
+    at = app.radio(key="reduction").set_value("max").run()
+    at.toggle(key="overlay").set_value(False).run()
+    at.sidebar.selectbox(key="cmap_mask").set_value("magma").run()
+    at.radio(key="contrast_explore").set_value("fixed").run()
+    at = upload(at, ("new.png", encode(photo(50, 70, seed=5))))
+    no_exceptions(at)
+    assert at.radio(key="reduction").value == "max" and at.toggle(key="overlay").value is False
+    assert at.selectbox(key="cmap_mask").value == "magma" and at.radio(key="contrast_explore").value == "fixed"
+    markdown = "\n".join(m.value for m in at.markdown)
+    assert "channel max" in markdown
+    text = captions(at)
+    assert "fixed scale 0–1 (sigmoid mask) (magma)" in text and "stretched" not in text
+    assert at.slider(key="alpha").disabled  # the opacity slider is off while the overlay is off
+
+
+def test_one_colormap_per_quantity_is_obeyed_by_every_panel(app):
+    at = app.sidebar.selectbox(key="cmap_feature").set_value("viridis").run()
+    at.sidebar.selectbox(key="cmap_mask").set_value("cividis").run()
+    no_exceptions(at)
+    panel_captions = [c for i in at.image for c in i.captions if "colours:" in c]
+    assert sum("(viridis)" in c for c in panel_captions) == 2  # T and H
+    assert sum("(cividis)" in c for c in panel_captions) == 1  # M
+    at.switch_page("views/learn.py").run()
+    no_exceptions(at)
+    at.switch_page("views/attribution.py").run()
+    no_exceptions(at)
+    assert any("(cividis)" in c for i in at.image for c in i.captions)
+
+
+def test_panel_exports(app):
     at = app.toggle(key="overlay").set_value(False).run()
-    at.selectbox(key="cmap").set_value("magma")
-    at.slider(key="alpha").set_value(0.8).run()
     no_exceptions(at)
     keys = {b.key for b in at.get("download_button")}
     assert {"png_M", "png_T", "png_H", "export_npz", "export_json"} <= keys
@@ -160,31 +278,57 @@ def test_attribution_page_each_method(app, method):
     assert len(at.image) >= 2  # mask + attribution
     assert len(at.dataframe) == 1 and len(at.dataframe[0].value) == 1  # agreement row
     assert any("agreement" in i.value.lower() for i in at.info)
-    assert "⏱" in captions(at)
+    assert "⏱" in captions(at) and "colours:" in captions(at)
 
 
-def test_attribution_other_class(app):
-    app.switch_page("views/attribution.py").run()
-    second = app.selectbox(key="target").options[1]
-    at = app.selectbox(key="target").set_value(second).run()
+def _explained(at: AppTest) -> str:
+    return next(m.value for m in at.markdown if m.value.startswith("Explaining class"))
+
+
+def test_attribution_class_follows_the_model_and_names_what_was_computed(app):
+    at = app.switch_page("views/attribution.py").run()
+    at = use_model(at, "a_tiny")
     no_exceptions(at)
-    assert len(at.image) >= 2
+    ctx = at.session_state["_context"]
+    top = ctx.class_name(int(np.argmax(ctx.trace().probs)))
+    assert f"**{top}**" in _explained(at)
+    # pick another class, then switch to the photo model: it has no such class, so its own top-1 is explained
+    box = next(s for s in at.selectbox if str(s.key).startswith("target|"))
+    other = box.options[1]
+    box.set_value(next(i for i in range(10) if ctx.class_name(i) in other)).run()
+    assert other.split(" (p")[0] in _explained(at)
+    at = use_model(at, "b_photo")
+    no_exceptions(at)
+    ctx = at.session_state["_context"]
+    top = ctx.class_name(int(np.argmax(ctx.trace().probs)))
+    assert f"**{top}**" in _explained(at) and top in {"tench", "church", "parachute"}
+    box = next(s for s in at.selectbox if str(s.key).startswith("target|"))
+    assert box.value == int(np.argmax(ctx.trace().probs))
 
 
-def test_compare_page_lists_every_loadable_model(app):
+def test_compare_page_lists_every_loadable_model_and_figure_4_for_all(app):
     at = app.switch_page("views/compare.py").run()
     no_exceptions(at)
     rows = at.dataframe[0].value
-    assert len(rows) == 2  # the tiny checkpoint and the random model; the broken one is reported instead
-    assert {"mean mask", "fraction > 0.5", "mean |H| stage 1"} <= set(rows.columns)
+    assert len(rows) == 2  # the two trained checkpoints; the broken one is reported instead, random ones hidden
+    assert {"mean mask", "fraction > 0.5"} <= set(rows.columns)
+    fig4 = at.dataframe[1].value
+    assert list(fig4.columns) == ["model", "stage 1", "stage 2", "stage 3"] and (fig4[["stage 1"]] > 0).all().all()
     assert any("z_broken" in e.value for e in at.error)
+    assert any("One scale for every thumbnail" in c for i in at.image for c in i.captions)
+    at.radio(key="contrast_compare").set_value("per_model").run()
+    no_exceptions(at)
+    assert any("own 1st–99th percentile" in c.value for c in at.caption)
 
 
 def test_learn_page_equations_architecture_path_and_knockout(app):
     at = app.switch_page("views/learn.py").run()
     no_exceptions(at)
-    assert len(at.latex) >= 5
-    assert any("unverified" in w.value for w in at.warning)
+    assert len(at.latex) >= 6
+    warning = "\n".join(w.value for w in at.warning)
+    assert "unverified" in warning and "no padding" in warning
+    text = "\n".join(m.value for m in at.markdown)
+    assert "M(x) ∈ [−1, 1]" in text and "[0, 2] for channel attention" in text
     assert len(at.get("graphviz_chart")) == 1
     results = {}
     for mode in ("zero", "one", "mean"):
@@ -192,9 +336,3 @@ def test_learn_page_equations_architecture_path_and_knockout(app):
         no_exceptions(at)
         results[mode] = tuple(at.dataframe[-1].value["after"])
     assert len(set(results.values())) == 3  # each knock-out changes the prediction differently
-
-
-def test_train_slot(app):
-    at = app.switch_page("views/train.py").run()
-    no_exceptions(at)
-    assert at.title[0].value == "Train"

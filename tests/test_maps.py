@@ -84,7 +84,7 @@ def test_value_range_keeps_sign_and_fixed_mask_scale():
 
 def test_view_map_draws_flagged_maps_flat():
     picture = np.zeros((16, 16, 3), np.uint8)
-    view = maps.view_map(np.full((4, 2, 2), 0.5, np.float32), "M", picture, scale="mask")
+    view = maps.view_map(np.full((4, 2, 2), 0.5, np.float32), "M", picture, quantity="mask", contrast="stretch")
     assert not view.stats.ok
     assert np.unique(view.heat).tolist() == [128]  # no stretched contrast
 
@@ -124,3 +124,49 @@ def test_mask_statistics_and_response():
     stats = maps.mask_statistics(mask)
     assert stats["mean mask"] == pytest.approx(0.5) and stats["fraction > 0.5"] == pytest.approx(0.5)
     assert maps.mean_abs_response(np.array([[-2.0, 2.0]])) == pytest.approx(2.0)
+
+
+def test_module_views_draw_each_quantity_on_its_own_scale():
+    """Masks on [0, 1] (or [−1, 1] for channel attention), T and H symmetric around 0, in each quantity's
+    colormap; the colours really follow the scale."""
+    rng = np.random.default_rng(2)
+    mask = (0.45 + 0.05 * rng.random((6, 5, 5))).astype(np.float32)  # a flat-ish sigmoid mask, as trained ones are
+    trunk = rng.normal(0.5, 1.0, (6, 5, 5)).astype(np.float32)
+    out = (trunk * (1 + mask)).astype(np.float32)
+    picture = np.zeros((10, 10, 3), np.uint8)
+    views = maps.module_views(mask, trunk, out, picture, mask_cmap="magma", feature_cmap="coolwarm")
+    assert (views["M"].low, views["M"].high, views["M"].diverging) == (0.0, 1.0, False)
+    for key in ("T", "H"):
+        v = views[key]
+        assert v.diverging and v.low == -v.high == pytest.approx(-np.abs(v.reduced).max())
+        assert v.cmap == "coolwarm" and v.scale.contrast == "fixed"
+    assert views["M"].cmap == "magma"
+    # the heat of M is the colormap at the mask value on the fixed 0–1 scale
+    expected = maps.colorize(views["M"].upsampled, 0.0, 1.0, "magma")
+    np.testing.assert_array_equal(views["M"].heat, expected)
+    channel = maps.module_views(mask * 2 - 1, trunk, out, picture, mask_scale="channel_mask")["M"]
+    assert (channel.low, channel.high, channel.diverging) == (-1.0, 1.0, True)
+    # stretched: the map's own percentiles, and it says so
+    stretched = maps.module_views(mask, trunk, out, picture, contrast="stretch")
+    m = stretched["M"]
+    assert m.scale.stretched and "stretched" in m.scale.description
+    assert m.low == pytest.approx(np.percentile(m.reduced, 1)) and m.high == pytest.approx(np.percentile(m.reduced, 99))
+    assert stretched["T"].low == -stretched["T"].high  # still centred on 0
+
+
+def test_colorbar_is_drawn_under_each_panel():
+    scale = maps.scale_for(np.array([0.0, 1.0]), "mask")
+    bar = maps.colorbar(scale, "gray", 100)
+    assert bar.shape[1] == 100 and bar.dtype == np.uint8
+    assert bar[0, 0].tolist() == [0, 0, 0] and bar[0, -1].tolist() == [255, 255, 255]
+    panel = maps.with_colorbar(np.zeros((50, 100, 3), np.uint8), scale, "gray")
+    assert panel.shape[0] > 50 + 14 and panel.shape[1] == 100
+    with pytest.raises(ValueError, match="contrast"):
+        maps.scale_for(np.zeros(3), "mask", "auto")
+
+
+def test_enlarge_nearest_keeps_pixels_square():
+    small = np.arange(2 * 2 * 3, dtype=np.uint8).reshape(2, 2, 3)
+    big = maps.enlarge_nearest(small, 8)
+    assert big.shape == (8, 8, 3)
+    np.testing.assert_array_equal(big[:4, :4], np.broadcast_to(small[0, 0], (4, 4, 3)))

@@ -1,25 +1,35 @@
-"""Compare: one image, one stage, every available model in a row, with the mask statistics the paper discusses."""
+"""Compare: one image, one stage, every available model side by side, with the mask statistics the paper discusses
+and the quantity of its Fig. 4 (the mean absolute output of each stage)."""
 
 import time
 
 import numpy as np
+import plotly.graph_objects as go
 import streamlit as st
 
 import components
-import state
 import resattn
+import state
 from resattn import maps
+
+CONTRASTS = {"shared_fixed": "one fixed scale for the row", "shared_stretch": "one stretched scale for the row",
+             "per_model": "stretched per model"}
 
 st.title("Compare models")
 ctx = components.require_context(banner=False)
 start = time.perf_counter()
 stage = ctx.stage
-st.markdown(f"Image **{ctx.image_name}**, attention **stage {stage}** (statistics averaged over the stage's modules). "
-            "Mean |H| is the mean absolute response of each stage's last module output, as in the paper's Fig. 4 "
-            "(which shows it collapsing under NAL).")
+entries = state.catalogue(include_random=st.session_state.get("show_random", False))
+st.markdown(f"Image **{ctx.image_name}**, attention **stage {stage}** (mask statistics averaged over the stage's "
+            f"modules). {len(entries)} model(s)"
+            + ("" if st.session_state.get("show_random") else "; untrained (random) models are hidden (sidebar switch)")
+            + ".")
 
-rows, thumbs, failures = [], [], []
-for entry in state.catalogue():
+rows, fig4, thumbs, failures = [], [], [], []
+progress = st.progress(0.0, text="Comparing models…")
+for number, entry in enumerate(entries, start=1):
+    progress.progress((number - 1) / max(len(entries), 1), text=f"Model {number} of {len(entries)}: "
+                      f"{state.short_label(entry)} (loading and one forward pass)")
     try:
         model, meta = state.load_entry(entry)
     except resattn.CheckpointError as exc:
@@ -29,11 +39,11 @@ for entry in state.catalogue():
     top = int(np.argmax(data.probs))
     classes = meta.get("classes") or []
     overrides = meta.get("overrides", {})
+    name = state.short_label(entry)
     row = {
-        "model": entry.label,
-        "weights": "RANDOM" if entry.random else entry.short_hash,
-        "attention": overrides.get("attention", "mixed"),
-        "learning": str(overrides.get("learning", "arl")).upper(),
+        "model": name,
+        "attention": overrides.get("attention", "—" if not data.modules else "mixed"),
+        "learning": str(overrides.get("learning", "arl")).upper() if data.modules else "—",
         "top-1": classes[top] if top < len(classes) else f"class {top}",
         "p(top-1)": float(data.probs[top]),
     }
@@ -42,26 +52,57 @@ for entry in state.catalogue():
         stats = [maps.mask_statistics(m["mask"]) for m in modules]
         row["mean mask"] = float(np.mean([s["mean mask"] for s in stats]))
         row["fraction > 0.5"] = float(np.mean([s["fraction > 0.5"] for s in stats]))
-        mask = maps.reduce_channels(modules[0]["mask"], "mean")
         scale = "channel_mask" if overrides.get("attention") == "channel" else "mask"
-        low, high, _ = maps.value_range(maps.describe(mask), scale)
-        thumb = maps.colorize(maps.upsample(mask, (96, 96)), low, high) if maps.describe(mask).ok else None
-        thumbs.append((entry.label.split(" — ")[-1][:60], thumb))
-    for s in (1, 2, 3):
-        last = data.stage_modules(s)
-        row[f"mean |H| stage {s}"] = maps.mean_abs_response(last[-1]["output"]) if last else float("nan")
+        thumbs.append((name, maps.reduce_channels(modules[0]["mask"], "mean"), scale))
     rows.append(row)
+    fig4.append({"model": name, **{f"stage {s}": v for s, v in enumerate(data.stage_response, start=1)}})
+progress.empty()
 
-st.dataframe(rows, hide_index=True)
+st.dataframe(rows, hide_index=True, column_config={
+    "p(top-1)": st.column_config.NumberColumn(format="%.3f"),
+    "mean mask": st.column_config.NumberColumn(format="%.3f"),
+    "fraction > 0.5": st.column_config.NumberColumn(format="%.3f")})
+
 if thumbs:
     st.subheader(f"Stage {stage}, module 1: channel-mean mask per model")
+    contrast = st.radio("Colour scale", list(CONTRASTS), key="contrast_compare", horizontal=True,
+                        format_func=CONTRASTS.get)
+    colours = components.cmap("mask")
+    values = np.concatenate([t.ravel() for _, t, _ in thumbs])
+    quantity = "channel_mask" if any(q == "channel_mask" for _, _, q in thumbs) else "mask"
+    shared = None if contrast == "per_model" else maps.scale_for(
+        values, quantity, "fixed" if contrast == "shared_fixed" else "stretch")
+    side = 120
     for first in range(0, len(thumbs), 6):
-        for column, (label, thumb) in zip(st.columns(6), thumbs[first : first + 6]):
+        for column, (label, mask, q) in zip(st.columns(6), thumbs[first : first + 6]):
             with column:
-                if thumb is None:
-                    st.warning("constant / NaN mask")
-                else:
-                    st.image(thumb, caption=label)
+                if not maps.describe(mask).ok:
+                    st.warning(f"{label}: constant / NaN mask")
+                    continue
+                scale = shared or maps.scale_for(mask, q, "stretch")
+                heat = maps.colorize(maps.upsample(mask, (side, side)), scale.low, scale.high, colours)
+                st.image(heat if shared else maps.with_colorbar(heat, scale, colours), caption=label)
+    if shared is not None:
+        st.image(maps.colorbar(shared, colours, 6 * side), caption=f"One scale for every thumbnail: {shared.description}")
+    else:
+        st.caption("Each thumbnail is stretched to its own 1st–99th percentile (its own colorbar): compare shapes, "
+                   "not values.")
+
+st.subheader("The paper's Fig. 4: mean absolute output of each stage")
+st.markdown("The mean of |x| over the output of each stage (after its last unit), for every model including the "
+            "ResNet baseline. Fig. 4 plots this for Attention-164 under ARL and NAL and ResNet-164, where the "
+            "response collapses under NAL after the stage-2 modules. On one image of a small model it is an "
+            "illustration, not a measurement.")
+if fig4:
+    figure = go.Figure()
+    for entry in fig4:
+        stages = [k for k in entry if k.startswith("stage")]
+        figure.add_trace(go.Scatter(x=stages, y=[entry[k] for k in stages], mode="lines+markers", name=entry["model"]))
+    figure.update_layout(height=320, margin=dict(l=10, r=10, t=10, b=10), yaxis_title="mean |stage output|",
+                         legend=dict(orientation="h"))
+    st.plotly_chart(figure, width="stretch")
+    st.dataframe(fig4, hide_index=True, column_config={
+        f"stage {s}": st.column_config.NumberColumn(format="%.3f") for s in (1, 2, 3)})
 for failure in failures:
     st.error(f"Not compared — {failure}")
 st.caption(f"⏱ Compared {len(rows)} model(s) in {(time.perf_counter() - start) * 1000:.0f} ms")

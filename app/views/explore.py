@@ -9,14 +9,38 @@ import streamlit as st
 import components
 from resattn import maps
 
+REDUCTION_NAMES = {"mean": "mean", "max": "max", "channel": "one channel", "topk": "top-k by mask energy"}
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def panels(model_key: str, image_hash: str, stage: int, index: int, reduction: str, channel: int, k: int,
+           contrast: str, mask_scale: str, mask_cmap: str, feature_cmap: str, alpha: float, overlaid: bool,
+           _record: dict, _picture: np.ndarray) -> dict[str, dict]:
+    """The three panels as PNG bytes (with their colorbars) and their captions; cached, so a rerun that changes
+    nothing in the maps re-encodes nothing."""
+    views = maps.module_views(_record["mask"], _record["trunk"], _record["output"], _picture, how=reduction,
+                              channel=channel, k=k, mask_scale=mask_scale, contrast=contrast, mask_cmap=mask_cmap,
+                              feature_cmap=feature_cmap, alpha=alpha)
+    out = {}
+    for key, view in views.items():
+        out[key] = {
+            "name": view.name, "ok": view.stats.ok, "problem": view.stats.problem,
+            "png": maps.to_png(view.picture(overlaid)),
+            "caption": f"{view.stats.summary()} · colours: {view.scale.description} ({view.cmap})",
+            "grid": maps.to_png(view.grid) if view.grid is not None else None,
+            "channels": view.channels, "reduced": view.reduced, "upsampled": view.upsampled,
+        }
+    return out
+
+
 st.title("Explore the soft masks")
 ctx = components.require_context()
 start = time.perf_counter()
 data = ctx.trace()
 
-left, right = st.columns([1, 2])
+left, right = st.columns([3, 2])
 with left:
-    st.image(ctx.picture, caption=f"{ctx.image_name} — the model's view ({ctx.meta['input_size']} px input)")
+    components.image_columns(ctx)
 with right:
     st.subheader("Top-5 predictions")
     top = np.argsort(-data.probs)[:5]
@@ -32,54 +56,57 @@ if not data.modules:
 
 record = data.module(ctx.stage, ctx.index)
 channels = record["mask"].shape[0]
+learning = ctx.meta.get("overrides", {}).get("learning", "arl")
 st.subheader(f"Stage {ctx.stage}, module {ctx.index} — M, T and H = "
-             + ("(1 + M)·T (ARL)" if ctx.meta.get("overrides", {}).get("learning", "arl") == "arl" else "M·T (NAL)"))
+             + ("(1 + M)·T (ARL)" if learning == "arl" else "M·T (NAL)"))
 st.caption(f"`{record['name']}` · {channels} channels at {record['mask'].shape[1]}×{record['mask'].shape[2]}, "
            "upsampled bilinearly to the picture.")
 
+st.session_state["channel"] = min(st.session_state.get("channel", 0), channels - 1)
+st.session_state["topk"] = min(max(1, st.session_state.get("topk", 8)), min(16, channels))
 c1, c2, c3, c4 = st.columns(4)
-reduction = c1.radio("Reduce channels by", maps.REDUCTIONS, key="reduction",
-                     format_func={"mean": "mean", "max": "max", "channel": "one channel",
-                                  "topk": "top-k by mask energy"}.get)
-channel = c2.slider("Channel", 0, channels - 1, 0, key="channel", disabled=reduction != "channel")
-k = c2.slider("k (top-k)", 1, min(16, channels), min(8, channels), key="topk", disabled=reduction != "topk")
-cmap = c3.selectbox("Colormap", ["viridis", "magma", "inferno", "jet", "gray", "RdBu_r"], key="cmap")
-alpha = c3.slider("Overlay opacity", 0.0, 1.0, 0.5, 0.05, key="alpha")
-show_overlay = c4.toggle("Overlay on image", True, key="overlay")
+reduction = c1.radio("Reduce channels by", maps.REDUCTIONS, key="reduction", format_func=REDUCTION_NAMES.get)
+channel = c2.slider("Channel", 0, channels - 1, key="channel", disabled=reduction != "channel")
+k = c2.slider("k (top-k)", 1, min(16, channels), key="topk", disabled=reduction != "topk")
+contrast = components.contrast_picker("explore", c3)
+show_overlay = c4.toggle("Overlay on image", key="overlay")
+alpha = c4.slider("Overlay opacity", 0.0, 1.0, step=0.05, key="alpha", disabled=not show_overlay)
 
-views = maps.module_views(record["mask"], record["trunk"], record["output"], ctx.picture, how=reduction,
-                          channel=channel, k=k, mask_scale=ctx.mask_scale, cmap=cmap, alpha=alpha)
+shown = panels(ctx.entry.key, ctx.image_hash, ctx.stage, ctx.index, reduction, channel, k, contrast, ctx.mask_scale,
+               components.cmap("mask"), components.cmap("feature"), alpha, show_overlay, record, ctx.picture)
 what = {"mean": "channel mean", "max": "channel max", "channel": f"channel {channel}",
         "topk": f"mean of top-{k} channels"}[reduction]
-for column, (key, view) in zip(st.columns(3), views.items()):
+for column, (key, panel) in zip(st.columns(3), shown.items()):
     with column:
-        st.markdown(f"**{view.name}** — {what}")
-        if view.stats.ok:
-            st.image(view.overlay if show_overlay else view.heat)
-            st.caption(view.stats.summary() + f" · colour scale [{view.low:.3g}, {view.high:.3g}]"
-                       + (" (diverging, 0 at centre)" if view.diverging else ""))
+        st.markdown(f"**{panel['name']}** — {what}")
+        if panel["ok"]:
+            st.image(panel["png"], caption=panel["caption"])
         else:
-            st.warning(f"{view.name}: {view.stats.problem}. Not drawn as a map.")
-        if view.grid is not None:
-            st.image(view.grid, caption=f"top-{k} channels by mask energy: {view.channels}")
-        st.download_button("PNG", maps.to_png(view.overlay if show_overlay else view.heat),
-                           file_name=f"{key}_stage{ctx.stage}_module{ctx.index}_{reduction}.png",
+            st.warning(f"{panel['name']}: {panel['problem']}. Not drawn as a map.")
+        if panel["grid"] is not None:
+            st.image(panel["grid"], caption=f"top-{k} channels by mask energy: {panel['channels']} (same scale)")
+        st.download_button("PNG", panel["png"], file_name=f"{key}_stage{ctx.stage}_module{ctx.index}_{reduction}.png",
                            mime="image/png", key=f"png_{key}", on_click="ignore")
 
 st.subheader("Export this view")
 manifest = components.manifest(ctx, reduction=reduction, channel=channel if reduction == "channel" else None,
-                               topk=views["M"].channels or None, method="soft mask",
+                               topk=shown["M"]["channels"] or None, method="soft mask", contrast=contrast,
                                predicted_class=ctx.class_name(int(top[0])), predicted_index=int(top[0]))
-arrays = {"image": ctx.picture, "probs": data.probs}
-for key, view in views.items():
-    raw = {"M": "mask", "T": "trunk", "H": "output"}[key]
-    arrays[f"{key}_raw"] = record[raw]
-    arrays[f"{key}_reduced"] = view.reduced
-    arrays[f"{key}_upsampled"] = view.upsampled
+
+
+def export_npz() -> bytes:
+    arrays = {"image": ctx.picture, "model_input": ctx.model_view(), "probs": data.probs}
+    for key, panel in shown.items():
+        raw = {"M": "mask", "T": "trunk", "H": "output"}[key]
+        arrays[f"{key}_raw"] = record[raw]
+        arrays[f"{key}_reduced"] = panel["reduced"]
+        arrays[f"{key}_upsampled"] = panel["upsampled"]
+    return components.npz_bytes(arrays, manifest)
+
+
 e1, e2 = st.columns(2)
-e1.download_button("Raw maps (.npz)", components.npz_bytes(arrays, manifest),
-                   file_name=f"resattn_stage{ctx.stage}_module{ctx.index}.npz", mime="application/octet-stream",
-                   key="export_npz", on_click="ignore")
+e1.download_button("Raw maps (.npz)", export_npz, file_name=f"resattn_stage{ctx.stage}_module{ctx.index}.npz",
+                   mime="application/octet-stream", key="export_npz", on_click="ignore")
 e2.download_button("Manifest (.json)", json.dumps(manifest, indent=2, sort_keys=True),
                    file_name=f"resattn_stage{ctx.stage}_module{ctx.index}.json", mime="application/json",
                    key="export_json", on_click="ignore")

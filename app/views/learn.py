@@ -15,19 +15,22 @@ start = time.perf_counter()
 
 st.header("1. Attention residual learning")
 st.markdown("Each attention module splits into a **trunk** branch T(x), which processes features, and a **soft "
-            "mask** branch M(x) ∈ [0, 1] of the same shape, which weighs them (i: position, c: channel).")
+            "mask** branch M(x) of the same shape, which weighs them (i: position, c: channel). For mixed and "
+            "spatial attention (sigmoid, f₁ and f₃) M(x) ∈ [0, 1], as the paper writes; **channel attention (f₂) "
+            "gives M(x) ∈ [−1, 1]** (see §2).")
 left, right = st.columns(2)
 with left:
     st.markdown("**Naive attention learning (NAL), Eq. 1**")
     st.latex(r"H_{i,c}(x) = M_{i,c}(x)\cdot T_{i,c}(x)")
-    st.markdown("Repeated multiplication by values in [0, 1] shrinks deep features, and the mask also gates the "
-                "trunk's gradient (Eq. 2):")
+    st.markdown("Repeated multiplication by mask values below 1 (all of them, for sigmoid masks) shrinks deep "
+                "features, and the mask also gates the trunk's gradient (Eq. 2):")
     st.latex(r"\frac{\partial\, M(x,\theta)\,T(x,\phi)}{\partial \phi} = M(x,\theta)\,\frac{\partial T(x,\phi)}{\partial\phi}")
 with right:
     st.markdown("**Attention residual learning (ARL), Eq. 3**")
     st.latex(r"H_{i,c}(x) = \bigl(1 + M_{i,c}(x)\bigr)\cdot F_{i,c}(x)")
     st.markdown("With M ≈ 0 the module passes the trunk features through (an identity fallback), so stacking "
-                "modules does not erode features; the gain lies in [1, 2].")
+                "modules does not erode features. The gain 1 + M lies in **[1, 2] for mixed and spatial "
+                "attention** and in **[0, 2] for channel attention**, whose M can be negative.")
 
 st.header("2. The three mask activations (§3.3)")
 st.markdown("x is the mask branch's output before the activation (the second 1×1 conv); x_i ∈ ℝ^C its channel "
@@ -41,7 +44,8 @@ with a2:
     st.latex(r"f_2(x_{i,c}) = \frac{x_{i,c}}{\sqrt{\sum_{c'} x_{i,c'}^2 + \varepsilon_2^2}}")
 with a3:
     st.markdown("**Spatial, f₃**")
-    st.latex(r"f_3(x_{i,c}) = \frac{1}{1 + \exp\!\bigl(-(x_{i,c} - \mathrm{mean}_c)/\sqrt{\mathrm{var}_c + \varepsilon_3}\bigr)}")
+    st.latex(r"f_3(x_{i,c}) = \frac{1}{1 + e^{-z_{i,c}}}")
+    st.latex(r"z_{i,c} = \frac{x_{i,c} - \mathrm{mean}_c}{\sqrt{\mathrm{var}_c + \varepsilon_3}}")
 st.warning(
     "**What the paper leaves unspecified: choices made here** (the paper is silent on these)\n\n"
     f"- f₂: ε₂ = {CHANNEL_EPS:g} inside the norm (the paper gives none). f₂ is **not** in [0, 1]: values lie in "
@@ -52,7 +56,16 @@ st.warning(
     "- **The CIFAR architecture is an unverified reconstruction**: the paper gives no CIFAR table. Here: 3×3 stem "
     "with 16 channels, stages 64/128/256 wide at 32/16/8 px, mask pools 2/1/0, one strided unit before and one "
     "unit after each stage's modules (depth 36m + 20).\n"
-    "- Mask upsampling is bilinear with align_corners=True, inferred (not verified) from the Caffe Interp layer."
+    "- Mask upsampling is bilinear with align_corners=True, inferred (not verified) from the Caffe Interp layer.\n"
+    "- **Max-pooling** (stem and every mask level) is the official definition: 3×3, stride 2, **no padding, sizes "
+    "rounded up** (Caffe's ceil mode), so 56 → 28 → 14 → 7 and odd maps 7 → 3. Most PyTorch ports pad by 1, which "
+    "shifts every window by a pixel. Checkpoints trained before this fix (architecture revision 1) are rebuilt "
+    "with the padding they were trained with.\n"
+    "- Each **skip connection** of the mask is one residual unit, whatever r is (it matters only for "
+    "Attention-452's r = 3; the paper does not say, GluonCV also uses one).\n"
+    "- **Input preprocessing** comes from the checkpoint: photos are resized (shorter side = input/0.875) and "
+    "centre-cropped, CIFAR images are used as they are, then normalised with the training statistics; the Explore "
+    "page shows the exact input tensor."
 )
 
 ctx = components.require_context()
@@ -64,15 +77,23 @@ if config is not None:
     st.markdown(f"`{ctx.meta['model']}` — {config.variant} topology, modules per stage {tuple(config.modules)}, "
                 f"p={config.p}, t={config.t}, r={config.r}, mask pools {tuple(config.pools)}, "
                 f"{config.attention} attention, {config.learning.upper()}, trunk depth {config.depth}.")
-lines = ['digraph G { rankdir=LR; node [shape=box, fontsize=10, style="rounded,filled", fillcolor="#eef3fb"];']
+# Top to bottom, one row per stage: labels stay legible at projector widths (the chart also opens full screen).
+lines = ['digraph G { rankdir=TB; nodesep=0.15; ranksep=0.25; '
+         'node [shape=box, fontsize=16, fontname="Helvetica", style="rounded,filled", fillcolor="#eef3fb"];']
+groups: dict[str, list[int]] = {}
 for i, (name, kind, shape) in enumerate(shapes):
     fill = ', fillcolor="#ffe4c4"' if kind == "AttentionModule" else ""
     dims = "×".join(str(d) for d in shape[1:])
-    lines.append(f'n{i} [label="{name}\\n{kind}\\n{dims}"{fill}];')
-    if i:
-        lines.append(f"n{i - 1} -> n{i};")
+    short = {"PreActBottleneck": "residual unit", "AttentionModule": "attention module"}.get(kind, kind)
+    lines.append(f'n{i} [label="{name}\\n{short}\\n{dims}"{fill}];')
+    groups.setdefault(name.split(".")[0] if name.startswith("stage") else f"_{i}", []).append(i)
+for number, members in groups.items():
+    if len(members) > 1:
+        lines.append("{ rank=same; " + " ".join(f"n{m};" for m in members) + " }")
+for i in range(1, len(shapes)):
+    lines.append(f"n{i - 1} -> n{i};")
 lines.append("}")
-st.graphviz_chart("\n".join(lines))
+st.graphviz_chart("\n".join(lines), width="stretch")
 st.dataframe([{"layer": n, "kind": k, "output shape": " × ".join(map(str, s))} for n, k, s in shapes],
              hide_index=True)
 
@@ -84,6 +105,7 @@ if not data.modules:
 record = data.module(ctx.stage, ctx.index)
 st.markdown(f"Stage {ctx.stage}, module {ctx.index} (`{record['name']}`): every map along the bottom-up "
             "(max-pool + units) / top-down (bilinear upsampling + skip) path, channel mean, then the activation.")
+contrast = components.contrast_picker("learn")
 path = list(record["mask_path"]) + [("mask M (after the activation)", record["mask"])]
 for first in range(0, len(path), 4):
     for column, (label, tensor) in zip(st.columns(4), path[first : first + 4]):
@@ -92,10 +114,13 @@ for first in range(0, len(path), 4):
             stats = maps.describe(reduced)
             st.markdown(f"**{label}**  \n{tensor.shape[0]}×{tensor.shape[1]}×{tensor.shape[2]}")
             if stats.ok:
-                low, high, diverging = maps.value_range(stats)
-                st.image(maps.colorize(maps.upsample(reduced, (128, 128)), low, high,
-                                       "RdBu_r" if diverging else "viridis"))
-                st.caption(stats.summary())
+                is_mask = label.startswith("mask M")
+                quantity = ctx.mask_scale if is_mask else "feature"
+                scale = maps.scale_for(reduced, quantity, contrast)
+                colours = components.cmap("mask" if is_mask else "feature")
+                heat = maps.colorize(maps.upsample(reduced, (160, 160)), scale.low, scale.high, colours)
+                st.image(maps.with_colorbar(heat, scale, colours))
+                st.caption(f"{stats.summary()} · {scale.description}")
             else:
                 st.warning(stats.problem)
 

@@ -133,6 +133,10 @@ class HourglassMask(nn.Module):
     finally the result is resized to the input size and passed through the 1×1 head. That is 2rk + k − 1 units
     (8 / 5 / 2 for 3 / 2 / 1 pools with r = 1). With ``pools=0`` the branch is ``2r`` units at full resolution.
 
+    Choice where the paper is silent: each skip connection is **one** residual unit whatever ``r`` is. The
+    official release only defines r = 1; for Attention-452's r = 3 the paper does not say whether skips grow with
+    r (GluonCV also uses one unit).
+
     ``forward`` returns the mask logits (before the activation) and the named intermediate maps.
     """
 

@@ -14,11 +14,22 @@ import os
 import torch
 
 from .checkpoint import load_checkpoint
-from .data import DataError, Normalizer, load_split
+from .data import DataError, Decoded, Normalizer, load_split
 from .preprocess import Preprocessing
 from .train import Runtime, evaluate_model
 
-__all__ = ["evaluate_checkpoint", "main"]
+__all__ = ["evaluate_checkpoint", "evaluation_data", "main"]
+
+
+def evaluation_data(meta: dict, data: str, split: str = "test", cache_dir: str | None = None) -> tuple[Decoded, Normalizer]:
+    """A split decoded as the checkpoint's :class:`Preprocessing` prescribes (resize, centre crop) and the
+    normaliser to apply to it; refuses data whose classes are not the checkpoint's."""
+    prep = Preprocessing.from_meta(meta)
+    decoded = load_split(data, split, prep.resize, cache_dir, crop=prep.size)
+    folders = meta.get("class_folders", meta.get("classes", decoded.classes))
+    if decoded.classes != folders:
+        raise DataError(f"{data} has classes {decoded.classes}, the checkpoint was trained on {folders}")
+    return decoded, Normalizer(prep.mean_tensor(), prep.std_tensor().flatten())
 
 
 def evaluate_checkpoint(
@@ -34,14 +45,10 @@ def evaluate_checkpoint(
     model, meta = load_checkpoint(checkpoint)
     dev = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
     model = model.to(dev).to(memory_format=torch.channels_last)
-    prep = Preprocessing.from_meta(meta)
-    decoded = load_split(data, split, prep.resize, cache_dir, crop=prep.size)
-    folders = meta.get("class_folders", meta.get("classes", decoded.classes))
-    if decoded.classes != folders:
-        raise DataError(f"{data} has classes {decoded.classes}, the checkpoint was trained on {folders}")
+    decoded, normalizer = evaluation_data(meta, data, split, cache_dir)
     if limit is not None:
         decoded.images, decoded.labels = decoded.images[:limit], decoded.labels[:limit]
-    normalizer = Normalizer(prep.mean_tensor(), prep.std_tensor().flatten()).to(dev)
+    normalizer = normalizer.to(dev)
     result = evaluate_model(model, decoded, normalizer, Runtime(dev), batch_size, num_classes=len(decoded.classes))
     names = meta.get("classes", decoded.classes)
     result["per_class"] = dict(zip(names, result["per_class"].values()))

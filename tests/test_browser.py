@@ -1,120 +1,135 @@
 """Real browser: `streamlit run app/main.py` headless on 127.0.0.1, driven by Playwright with Debian's chromium.
 
-Uploads a photo (scikit-image's astronaut, shipped with the package), waits for the M/T/H panels, checks the
-images really decoded in the browser, switches the stage, fails on any Streamlit exception element, and saves
-the screenshot the README shows (docs/explore.png).
+Uploads a photo (scikit-image's astronaut, shipped with the package), waits for the M/T/H panels and checks that
+the images really decoded, switches the stage, opens Attribution and compares the class the page names with the
+class in the exported manifest, switches to a model with other classes and compares again, and checks every page
+for horizontal overflow at 1280×800 and 1920×1080. Screenshots go to a temporary folder; ``make screenshots``
+points them at docs/ for the README.
 """
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
+import json
+import re
+import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOT = ROOT / "docs" / "explore.png"
+import resattn
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium not installed at /usr/bin/chromium "
-                       "(`make chromium` installs it; Playwright's own browser download does not work here)"),
-]
+try:  # tests/ may or may not be a package
+    from .browser import (ROOT, choose, full_screenshot, launch, overflow, rendered_images, require_browser,
+                          screenshot_dir, settle, streamlit_server)
+except ImportError:
+    from browser import (ROOT, choose, full_screenshot, launch, overflow, rendered_images, require_browser,
+                         screenshot_dir, settle, streamlit_server)
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+pytestmark = [pytest.mark.browser]
+SIZES = [(1280, 800), (1920, 1080)]
+PHOTO_CLASSES = ["tench", "church", "parachute"]
 
 
 @pytest.fixture
 def server(tmp_path):
-    port = _free_port()
-    # the repository's own checkpoints/ (what a user gets), plus one random model
-    env = {**os.environ, "RESATTN_APP_MODELS": "attention56_cifar", "RESATTN_THREADS": "1"}
-    for key in ("RESATTN_GALLERY_DATA", "RESATTN_CHECKPOINT_DIR"):
-        env.pop(key, None)
-    log = (tmp_path / "streamlit.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.headless", "true",
-         "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError("streamlit did not start:\n" + (tmp_path / "streamlit.log").read_text())
-                time.sleep(0.5)
+    """The repository's checkpoints plus a tiny photo model with other classes (so a model switch changes the
+    class list, as a switch from a CIFAR model to a photo model does)."""
+    require_browser()
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for path in (ROOT / "checkpoints").glob("*.safetensors"):
+        shutil.copy(path, folder / path.name)
+    torch.manual_seed(0)
+    tiny = resattn.create_model("attention56_imagenet", width_mult=0.0625, num_classes=3).eval()
+    meta = {"classes": PHOTO_CLASSES, "input_size": 96, "resize": 110, "mean": [0.45, 0.45, 0.4],
+            "std": [0.25, 0.25, 0.25], "dataset": "test", "metrics": {}}
+    resattn.save_checkpoint(folder / "zz_tiny_photo.safetensors", tiny, meta)
+    env = {"RESATTN_APP_MODELS": "none", "RESATTN_CHECKPOINT_DIR": str(folder)}
+    with streamlit_server(tmp_path / "streamlit.log", env) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
-def _rendered_images(page) -> int:
-    """Images that actually decoded in the browser (naturalWidth > 0)."""
-    return page.evaluate(
-        "() => [...document.querySelectorAll('[data-testid=\"stImage\"] img')]"
-        ".filter(i => i.complete && i.naturalWidth > 0).length"
-    )
+TITLES = {"Explore": "Explore the soft masks", "Attribution": "Masks and attributions", "Compare": "Compare models",
+          "Learn": "Learn: Residual Attention Network"}
+SETTLED = {"Explore": "M (soft mask)", "Attribution": "Agreement between the mask", "Compare": "Compared",
+           "Learn": "Top-1 after knock-out"}
 
 
-def test_explore_in_a_real_browser(server, tmp_path):
+def _go(page, name: str) -> None:
+    """Open a page and wait for its last element: clicking returns before the new page has even started."""
+    from playwright.sync_api import expect
+
+    page.get_by_test_id("stSidebarNav").get_by_role("link", name=name).click()
+    expect(page.get_by_role("heading", name=TITLES[name]).first).to_be_visible(timeout=120_000)
+    expect(page.get_by_text(SETTLED[name], exact=False).first).to_be_visible(timeout=180_000)
+    settle(page)
+
+
+def _explained(page) -> str:
+    text = page.get_by_text("Explaining class", exact=False).first.inner_text(timeout=120_000)
+    return re.search(r"Explaining class (.+?) \(index", text).group(1).strip()
+
+
+def _manifest(page, button: str = "Manifest (.json)") -> dict:
+    with page.expect_download(timeout=60_000) as info:
+        page.get_by_role("button", name=button).first.click()
+    return json.loads(Path(info.value.path()).read_text())
+
+
+def _check_page(page, folder: Path, name: str, size: tuple[int, int]) -> None:
+    assert page.get_by_test_id("stException").count() == 0, f"exception on {name}"
+    problems = overflow(page)
+    full_screenshot(page, folder / f"{name}-{size[0]}.png")
+    assert not problems, f"{name} at {size[0]}×{size[1]}: {problems}"
+
+
+def test_explorer_in_a_real_browser(server, tmp_path):
     from playwright.sync_api import expect, sync_playwright
     import skimage
 
     photo = Path(skimage.__file__).parent / "data" / "astronaut.png"
+    folder = screenshot_dir(tmp_path)
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run"],
-        )
+        browser = launch(p)
         try:
-            page = browser.new_page(viewport={"width": 1500, "height": 1420})
-            page.goto(server, timeout=60_000)
+            page = browser.new_page(viewport={"width": SIZES[0][0], "height": SIZES[0][1]})
+            page.goto(server, timeout=90_000)
             sidebar = page.get_by_test_id("stSidebar")
             sidebar.get_by_text("Upload", exact=True).click()
             page.locator("input[type=file]").set_input_files(str(photo))
-            expect(page.get_by_text("M (soft mask)")).to_be_visible(timeout=90_000)
-            expect(page.get_by_text("Stage 1, module 1", exact=False).first).to_be_visible()
-            page.wait_for_function("() => document.querySelectorAll('[data-testid=\"stImage\"] img').length >= 4",
-                                   timeout=60_000)
-            page.wait_for_timeout(500)
-            assert _rendered_images(page) >= 4  # the model's view + M, T, H
-            assert page.get_by_test_id("stException").count() == 0
+            expect(page.get_by_text("M (soft mask)")).to_be_visible(timeout=120_000)
+            page.wait_for_function("() => document.querySelectorAll('[data-testid=\"stImage\"] img').length >= 5",
+                                   timeout=120_000)
+            settle(page)
+            assert rendered_images(page) >= 5  # the picture, the model's input, M, T, H (each with its colorbar)
+            expect(page.get_by_text("colours: stretched", exact=False).first).to_be_visible()
+            expect(page.get_by_text("The model's input:", exact=False).first).to_be_visible()
 
-            stage = sidebar.get_by_test_id("stSelectbox").filter(has_text="Attention stage")
-            stage.click()
-            page.get_by_role("option", name="stage 2").click()
-            expect(page.get_by_text("Stage 2, module 1", exact=False).first).to_be_visible(timeout=60_000)
-            page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')",
-                                   timeout=60_000)
-            # elements of the previous run are faded (data-stale) until the rerun replaces them
-            page.wait_for_function("() => document.querySelectorAll('[data-stale=\"true\"]').length === 0",
-                                   timeout=60_000)
-            page.wait_for_timeout(800)
-            assert _rendered_images(page) >= 4
-            assert page.get_by_test_id("stException").count() == 0
-            SCREENSHOT.parent.mkdir(exist_ok=True)
-            page.screenshot(path=str(SCREENSHOT), full_page=True)
+            choose(page, sidebar, "Attention stage", "stage 2")
+            expect(page.get_by_text("Stage 2, module 1", exact=False).first).to_be_visible(timeout=120_000)
+            settle(page)
+            assert rendered_images(page) >= 5
+            _check_page(page, folder, "explore", SIZES[0])
+
+            # Attribution names the class it computed, and the export names the same class
+            _go(page, "Attribution")
+            shown = _explained(page)
+            assert _manifest(page)["target_class"] == shown
+            # a model with other classes: the class to explain is its own, on the page and in the manifest
+            choose(page, sidebar, "Model", "zz_tiny_photo")
+            settle(page)
+            shown = _explained(page)
+            assert shown in PHOTO_CLASSES
+            manifest = _manifest(page)
+            assert manifest["target_class"] == shown and manifest["checkpoint"] == "zz_tiny_photo.safetensors"
+            _check_page(page, folder, "attribution", SIZES[0])
+
+            for width, height in SIZES:
+                page.set_viewport_size({"width": width, "height": height})
+                for name in ("Explore", "Attribution", "Compare", "Learn"):
+                    _go(page, name)
+                    _check_page(page, folder, name.lower(), (width, height))
         finally:
             browser.close()
-    assert SCREENSHOT.stat().st_size > 10_000
+    assert (folder / "explore-1280.png").stat().st_size > 10_000

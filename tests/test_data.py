@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import pickle
 import zipfile
 
@@ -163,3 +164,33 @@ def test_batch_iterator_shards_and_resumes():
     r0 = D.BatchIterator(decoded, 5, shuffle=True, seed=1, rank=0, world_size=2).indices(0)
     r1 = D.BatchIterator(decoded, 5, shuffle=True, seed=1, rank=1, world_size=2).indices(0)
     assert set(r0.tolist()).isdisjoint(r1.tolist()) and len(r0) == len(r1) == 5
+
+
+def _imagenette_zip(path, per_class=(3, 2)):
+    """A tiny zip laid out like imagenette-224.zip: train/<wnid>/*.JPEG and val/<wnid>/*.JPEG, one greyscale."""
+    wnids = ["n03028079", "n01440764", "n03888257"]  # church, tench, parachute (not in sorted order)
+    rng = np.random.default_rng(0)
+    with zipfile.ZipFile(path, "w") as zf:
+        for split, count in zip(("train", "val"), per_class):
+            for wnid in wnids:
+                for i in range(count):
+                    grey = split == "val" and wnid == "n01440764" and i == 0
+                    pixels = rng.integers(0, 255, (40, 40) if grey else (40, 40, 3), dtype=np.uint8)
+                    buffer = io.BytesIO()
+                    Image.fromarray(pixels, "L" if grey else "RGB").save(buffer, "JPEG")
+                    zf.writestr(f"{split}/{wnid}/{wnid}_{i}.JPEG", buffer.getvalue())
+    return path
+
+
+def test_an_imagenette_layout_is_read_with_class_names_and_greyscale_as_rgb(tmp_path):
+    source = _imagenette_zip(tmp_path / "imagenette.zip")
+    train = D.open_split(source, "train")
+    assert train.split == "train" and train.classes == ["n01440764", "n03028079", "n03888257"]
+    test = D.open_split(source, "test")
+    assert test.split == "val" and len(test) == 6  # "test" finds Imagenette's val/
+    assert D.class_names(test.classes) == ["tench", "church", "parachute"]
+    decoded = D.load_split(source, "test", size=36, crop=32)
+    assert decoded.images.shape == (6, 3, 32, 32) and decoded.labels.tolist() == [0, 0, 1, 1, 2, 2]
+    grey = decoded.images[0]  # the greyscale tench, converted to RGB: three equal channels
+    assert torch.equal(grey[0], grey[1]) and torch.equal(grey[1], grey[2])
+    assert D.native_size(source) == (40, 40)

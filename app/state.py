@@ -180,6 +180,7 @@ def catalogue(include_random: bool | None = None) -> list[ModelEntry]:
             entries.append(ModelEntry(key, f"{path.stem} — {describe_meta(meta)}", meta, path=path))
         except resattn.CheckpointError as exc:
             entries.append(ModelEntry(key, f"⚠ {path.name} (cannot be read)", path=path, error=str(exc)))
+    entries += job_entries()
     if include_random is None:
         include_random = not any(e.error is None for e in entries)
     specs = os.environ.get("RESATTN_APP_MODELS", DEFAULT_RANDOM) if include_random else "none"
@@ -359,3 +360,20 @@ def layer_shapes(model_key: str, _model: torch.nn.Module, _meta: dict) -> list[t
                 x = child(x)
                 rows.append((name, type(child).__name__, tuple(x.shape)))
     return rows
+
+
+def job_entries() -> list[ModelEntry]:
+    """The checkpoints of succeeded fine-tuning jobs (``resattn.jobs``, in ``RESATTN_JOBS_DIR``), newest first,
+    labelled "job N": a finished job's model is in every page's picker on the next rerun, without a restart."""
+    from resattn import jobs
+
+    entries: list[ModelEntry] = []
+    for job, path in jobs.succeeded_checkpoints(jobs.jobs_dir()):
+        stat = path.stat()
+        key = f"sha256:{_hash_file(str(path), stat.st_mtime, stat.st_size)}"
+        try:
+            meta = resattn.read_meta(path)
+            entries.append(ModelEntry(key, f"job {job.id} — {describe_meta(meta)}", meta, path=path))
+        except resattn.CheckpointError as exc:
+            entries.append(ModelEntry(key, f"⚠ job {job.id} (cannot be read)", path=path, error=str(exc)))
+    return entries

@@ -269,7 +269,7 @@ def _font(size: int):  # noqa: ANN202 - a PIL font
 
 
 def _tick(value: float) -> str:
-    return f"{value:.3g}".replace("-", "−")
+    return f"{value:.3g}"  # ASCII minus: Pillow's built-in font has no U+2212
 
 
 def colorbar(scale: Scale, cmap: str, width: int, height: int = 14, font_size: int = 12) -> np.ndarray:

@@ -563,7 +563,7 @@ def train_epoch(run: Run, stop_requested: Callable[[], bool]) -> tuple[dict[str,
         if bar is not None:
             bar.update(1)
             if run.iteration % 10 == 0:
-                bar.set_postfix(loss=f"{float(loss):.3f}", lr=f"{lr:.3g}")
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}", lr=f"{lr:.3g}")
         stop_now = stop_requested() or (config.stop_after is not None and run.iteration - run.session_start >= config.stop_after)
         if runtime.main and (run.iteration % config.save_every == 0 or stop_now):
             run.save_state()

@@ -3,8 +3,9 @@
 Paths (warm: model loaded and caches of other images filled, as in a running app):
 
 * **new upload**: decode the file, hash, crop, preprocess, ``resattn.inspect``, top-5, then every Explore panel
-  (M, T, H reduced, upsampled, coloured and overlaid; their PNGs and the .npz export the page builds);
-* **switch stage** / **switch reduction**: the trace is cached, so only the panels and exports are rebuilt.
+  (M, T, H reduced, upsampled, coloured, overlaid, with their colorbars, as PNG; the .npz export is built only
+  when its button is clicked);
+* **switch stage** / **switch reduction**: the trace is cached, so only the panels are rebuilt.
 
 Targets (issue 4): new upload < 0.5 s for attention56_cifar and < 1.5 s for attention56_imagenet at 160×160;
 switches < 0.2 s. Usage: ``python scripts/bench_app.py [--threads N] [--repeats N]``.
@@ -30,16 +31,13 @@ from resattn import images, maps  # noqa: E402
 MODELS = [("attention56_cifar", 32, 0.5), ("attention56_imagenet@160", 160, 1.5)]
 
 
-def panels(record: dict, picture: np.ndarray, how: str, manifest: dict) -> None:
-    """What the Explore page draws per rerun once the trace is known."""
-    import components
-
-    views = maps.module_views(record["mask"], record["trunk"], record["output"], picture, how=how, k=8)
+def panels(record: dict, picture: np.ndarray, how: str, manifest: dict) -> None:  # noqa: ARG001 - kept for the call sites
+    """What the Explore page draws when the panels' cache misses, once the trace is known."""
+    views = maps.module_views(record["mask"], record["trunk"], record["output"], picture, how=how, k=8,
+                              contrast="stretch")
     for view in views.values():
-        maps.to_png(view.overlay)
-    arrays = {f"{k}_raw": record[n] for k, n in (("M", "mask"), ("T", "trunk"), ("H", "output"))}
-    arrays.update({f"{k}_upsampled": v.upsampled for k, v in views.items()})
-    components.npz_bytes(arrays, manifest)
+        maps.to_png(view.picture(True))  # the panel as shown: overlay plus colorbar
+
 
 
 def new_upload(model: torch.nn.Module, meta: dict, data: bytes, stage: int) -> tuple[object, np.ndarray]:
@@ -50,7 +48,7 @@ def new_upload(model: torch.nn.Module, meta: dict, data: bytes, stage: int) -> t
     images.image_hash(image)
     picture = components.picture_of(image, meta)
     start = time.perf_counter()
-    trace = state._trace_to_numpy(resattn.inspect(model, state.model_input(image, meta)), 0.0, False)
+    trace = state._trace_to_numpy(resattn.inspect(model, state.model_input(image, meta)), 0.0, False, "bench")
     trace.seconds = time.perf_counter() - start
     np.argsort(-trace.probs)[:5]
     panels(trace.module(stage, 1), picture, "mean", {"stage": stage})

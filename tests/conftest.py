@@ -20,3 +20,9 @@ def tiny_cifar():
     with torch.no_grad():
         model(torch.randn(8, 3, 32, 32))  # move BN running stats away from their initial values
     return model.eval()
+
+
+@pytest.fixture(autouse=True)
+def private_jobs_dir(tmp_path, monkeypatch):
+    """Every test sees its own empty jobs folder (a user's finished jobs would otherwise join the model picker)."""
+    monkeypatch.setenv("RESATTN_JOBS_DIR", str(tmp_path / "jobs"))

@@ -24,6 +24,7 @@ import resattn
 from resattn import images, maps
 from resattn.preprocess import Preprocessing
 
+import dataset_tools
 import state
 
 DISPLAY_SIDE = 320  # panels are drawn at this longer side (maps are upsampled to it)
@@ -32,7 +33,9 @@ SOURCES = ("Gallery", "Upload", "Camera")
 PERSISTENT = ("model", "show_random", "source", "gallery", "image_choice", "stage", "module", "reduction", "channel",
               "topk", "alpha", "overlay", "cmap_mask", "cmap_feature", "cmap_attribution", "contrast_explore",
               "contrast_attribution", "contrast_compare", "contrast_learn", "methods", "ig_steps", "attr_alpha",
-              "knockout")
+              "knockout", "dataset_source", "dataset_split", "dataset_limit", "dataset_filter", "dataset_confidence",
+              "dataset_stat", "dataset_sort", "dataset_descending", "dataset_contrast", "dataset_overlay",
+              "dataset_alpha", "dataset_page", "faithful_deletion", "sanity_run", "sanity_maps")
 
 
 #: Starting values of the shared controls (widgets are created without their own defaults, so the value in
@@ -43,6 +46,8 @@ DEFAULTS: dict[str, Any] = {
     "cmap_attribution": maps.DEFAULT_CMAPS["attribution"], "contrast_explore": "stretch",
     "contrast_attribution": "stretch", "contrast_compare": "shared_stretch", "contrast_learn": "stretch",
     "methods": ["gradcam", "guided_gradcam"], "ig_steps": 16, "attr_alpha": 0.5, "knockout": "zero",
+    "dataset_confidence": (0.0, 1.0), "dataset_descending": True, "dataset_contrast": "stretch",
+    "dataset_overlay": True, "dataset_alpha": 0.5,
 }
 
 
@@ -141,6 +146,8 @@ def _gallery_bytes(label: str) -> bytes:
 def _image_input() -> tuple[Image.Image, str, str] | None:
     """The image chosen in the sidebar as (image, name, hash), or None; bad files are reported, not raised."""
     source = st.sidebar.radio("Image source", SOURCES, key="source", horizontal=True)
+    if (picked := dataset_tools.picked_image(source)) is not None:  # "Open in Explore" on the Dataset page
+        return picked
     candidates: list[tuple[str, bytes]] = []
     if source == "Upload":
         files = st.sidebar.file_uploader(

@@ -21,6 +21,7 @@ PAGES = [
     st.Page("views/explore.py", title="Explore", icon=":material/search:", default=True),
     st.Page("views/attribution.py", title="Attribution", icon=":material/target:"),
     st.Page("views/compare.py", title="Compare", icon=":material/compare:"),
+    st.Page("views/dataset.py", title="Dataset", icon=":material/grid_view:"),
     st.Page("views/learn.py", title="Learn", icon=":material/school:"),
     st.Page("views/train.py", title="Train", icon=":material/model_training:"),
 ]

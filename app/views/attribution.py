@@ -7,6 +7,7 @@ import numpy as np
 import streamlit as st
 
 import components
+import faithful_panels
 import state
 from resattn import attribution, maps
 
@@ -91,6 +92,7 @@ for column, (title, amap, key) in zip(st.columns(max(1, len(panels))), panels):
 if rows:
     st.subheader("Agreement between the mask and each attribution")
     st.dataframe(rows, hide_index=True)
+faithful_panels.deletion_insertion_panel(ctx, target)
 st.info(
     "**What agreement means.** Spearman ρ compares the *ranking* of all pixels; the IoU compares the 20% of pixels "
     "each map ranks highest. High agreement says the mask emphasises the places that matter for this class by that "

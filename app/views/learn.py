@@ -6,6 +6,7 @@ import numpy as np
 import streamlit as st
 
 import components
+import faithful_panels
 import state
 from resattn import maps
 from resattn.attention import CHANNEL_EPS, SPATIAL_EPS
@@ -143,3 +144,4 @@ st.metric("Top-1 after knock-out", ctx.class_name(new_top),
           delta_color="off" if new_top == top[0] else "inverse")
 st.caption(f"KL(before ‖ after) = {kl:.4f} nats")
 st.caption(f"⏱ Page computed in {(time.perf_counter() - start) * 1000:.0f} ms")
+faithful_panels.sanity_panel(ctx)

@@ -1,0 +1,348 @@
+"""What the Dataset page needs beside Streamlit widgets: where datasets come from, the current model without an
+image, masks over a dataset collected in cached chunks (with progress), and the hand-over of one dataset image to
+the sidebar (``picked_image``), so Explore can open it.
+
+* Datasets: ``RESATTN_DATASETS`` (``name=path,name=path``, the variable the jobs use; each path a folder or zip with
+  ``train/`` and ``test/`` or ``val/`` class folders), or an uploaded zip, checked and extracted by
+  :mod:`resattn.archive` into a temporary folder that lives as long as its cache entry (``check_and_extract``).
+* Masks: :func:`resattn.masks.collect_masks` over ``limit`` images spread evenly through the split
+  (:func:`resattn.masks.spread_indices`; splits are sorted by class, so this spreads over classes), decoded and
+  cropped exactly as the sidebar's images are (:func:`resattn.images.load_image`, then the checkpoint's
+  :class:`~resattn.preprocess.Preprocessing`), so a picked image gives the same prediction in Explore.
+  Chunks of :data:`CHUNK` images are ``st.cache_data`` entries keyed by (model key, dataset, split, limit, chunk);
+  the page shows progress between chunks.
+* Labels: dataset class folders are matched to the model's classes by folder name (``class_folders`` in the
+  checkpoint) or display name, so a dataset with some of a model's classes (cat/dog/frog for a CIFAR-10 model)
+  works; a class the model does not know is refused with a message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import streamlit as st
+import torch
+from PIL import Image
+
+from resattn import archive, images, masks
+from resattn.data import DataError, Decoded, SplitSource, class_names, open_split, read_member
+from resattn.preprocess import Preprocessing
+
+import state
+
+#: Images per cached chunk (one progress step, one batched pass).
+CHUNK = 50
+#: How many images the page collects unless told otherwise, and the most it allows.
+DEFAULT_LIMIT = 200
+MAX_LIMIT = 5000
+#: Longer side at which grid pictures are kept (the model's input, reduced if it is larger).
+STORED_SIDE = 128
+#: Limits of an uploaded zip (resattn.archive's defaults: CIFAR-10- and Imagenette-sized sets fit).
+UPLOAD_LIMITS = archive.Limits()
+PICK_KEY = "dataset_pick"
+
+
+# ----------------------------------------------------------------------------------------------- sources
+
+
+def configured_datasets() -> dict[str, str]:
+    """``RESATTN_DATASETS`` as {name: path}; the jobs' parser, so both read the variable the same way."""
+    from resattn import jobs
+
+    return jobs.configured_datasets()
+
+
+def source_key(name: str, path: str) -> str:
+    """A cache key for a configured dataset that changes when its file or folder changes."""
+    try:
+        stat = os.stat(path)
+        return f"{name}={os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}"
+    except OSError:
+        return f"{name}={path}|missing"
+
+
+@dataclass
+class UploadedDataset:
+    """An uploaded zip, checked and extracted into its own temporary folder (removed with this object)."""
+
+    root: Path
+    classes: list[str]
+    counts: dict[str, int]
+    layout: str
+    skipped: list[str]
+    folder: Any = field(repr=False)  # the tempfile.TemporaryDirectory that owns ``root``
+
+
+def check_and_extract(zip_path: Path, target: Path) -> archive.Extracted:
+    """ADAPTER over :func:`resattn.archive.extract_dataset`: the one place this app calls the zip checks
+    (paths that escape, links, special files, file-count and byte limits, non-images); raises
+    ``resattn.archive.ArchiveError`` with the reason."""
+    return archive.extract_dataset(zip_path, target, UPLOAD_LIMITS)
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).name)[:80] or "upload.zip"
+
+
+@st.cache_resource(show_spinner=False, max_entries=4, ttl=3600)
+def extracted_upload(digest: str, name: str, _data: bytes) -> UploadedDataset:
+    """Check and extract an uploaded zip (cached by its SHA-256); raises ``ArchiveError``. Nothing is written
+    outside a fresh temporary folder, which is deleted when the cache entry goes."""
+    folder = tempfile.TemporaryDirectory(prefix="resattn-dataset-")
+    try:
+        zip_path = Path(folder.name) / _safe_name(name)
+        zip_path.write_bytes(_data)
+        extracted = check_and_extract(zip_path, Path(folder.name) / "data")
+        zip_path.unlink()
+    except BaseException:
+        folder.cleanup()
+        raise
+    return UploadedDataset(extracted.root, extracted.classes, extracted.counts, extracted.layout,
+                           extracted.skipped, folder)
+
+
+def upload_digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def listing(key: str, path: str, split: str) -> SplitSource:
+    """The files of one split (no image decoded), cached by the dataset's key; raises ``DataError``."""
+    return open_split(path, split)
+
+
+# ------------------------------------------------------------------------------------------------- model
+
+
+@dataclass
+class ModelChoice:
+    """The sidebar's model, stage and module, with or without an image chosen."""
+
+    entry: state.ModelEntry
+    model: torch.nn.Module
+    meta: dict[str, Any]
+    stage: int
+    index: int
+
+
+def current_model() -> ModelChoice:
+    """The model the sidebar chose: from the run's context when there is an image, else loaded from the
+    catalogue by ``st.session_state["model"]``; raises ``resattn.CheckpointError`` or ``LookupError``."""
+    ctx = st.session_state.get("_context")
+    if ctx is not None:
+        return ModelChoice(ctx.entry, ctx.model, ctx.meta, ctx.stage, ctx.index)
+    key = st.session_state.get("model")
+    entry = next((e for e in state.catalogue(include_random=True) if e.key == key), None)
+    if entry is None:
+        raise LookupError("no model is chosen in the sidebar")
+    model, meta = state.load_entry(entry)
+    return ModelChoice(entry, model, meta, int(st.session_state.get("stage", 1)),
+                       int(st.session_state.get("module", 1)))
+
+
+def module_name(model: torch.nn.Module, stage: int, index: int) -> str | None:
+    """The qualified name (e.g. ``stage2.module1``) of attention module (stage, index), or None."""
+    for name, module in model.named_modules():
+        if getattr(module, "stage", None) == stage and getattr(module, "index", None) == index and name:
+            return name
+    return None
+
+
+def label_map(dataset_classes: list[str], meta: dict[str, Any]) -> list[int]:
+    """For each dataset class folder, the model's class index (by folder name, then by display name); raises
+    ``ValueError`` naming the classes the model does not have."""
+    names = list(meta.get("classes") or [])
+    folders = list(meta.get("class_folders") or names)
+    mapping, unknown = [], []
+    for folder, shown in zip(dataset_classes, class_names(dataset_classes)):
+        if folder in folders:
+            mapping.append(folders.index(folder))
+        elif shown in names:
+            mapping.append(names.index(shown))
+        else:
+            unknown.append(folder)
+    if unknown:
+        raise ValueError(f"the model has no class {', '.join(sorted(unknown))} (its classes: "
+                         f"{', '.join(names[:12])}{' …' if len(names) > 12 else ''})")
+    return mapping
+
+
+def matching_models(dataset_classes: list[str]) -> list[str]:
+    """Short labels of the catalogue's models that know every class of the dataset."""
+    found = []
+    for entry in state.catalogue(include_random=st.session_state.get("show_random", False)):
+        if entry.error is None:
+            try:
+                label_map(dataset_classes, entry.meta)
+            except ValueError:
+                continue
+            found.append(state.short_label(entry))
+    return found
+
+
+# --------------------------------------------------------------------------------------------- collection
+
+
+@dataclass
+class DatasetMasks:
+    """Masks over the chosen images of a split, what the grid shows of each image, and where it came from."""
+
+    masks: masks.MaskSet  # labels in the model's class indices; ``index`` = positions in the split
+    pictures: np.ndarray  # N×h×w×3 uint8: the model's input region (reduced to STORED_SIDE if larger)
+    names: list[str]  # each image's path inside the dataset ("test/cat/003.png")
+    total: int  # images in the split
+    skipped: list[str] = field(default_factory=list)  # files that could not be decoded (name: reason)
+    seconds: float = 0.0  # time spent computing chunks on this run (0 when all were cached)
+
+
+def _relative(name: str) -> str:
+    return "/".join(Path(name).parts[-3:])
+
+
+def _read(split: SplitSource, positions: np.ndarray) -> list[tuple[str, bytes | Exception]]:
+    """The encoded bytes of the images at ``positions``, opening a zip once."""
+    out: list[tuple[str, bytes | Exception]] = []
+    if split.root.endswith(".zip"):
+        with zipfile.ZipFile(split.root) as zf:
+            for p in positions:
+                name = split.items[p][0]
+                try:
+                    out.append((name, read_member(zf, name)))
+                except (DataError, OSError, zipfile.BadZipFile) as exc:
+                    out.append((name, exc))
+    else:
+        for p in positions:
+            name = split.items[p][0]
+            try:
+                out.append((name, Path(name).read_bytes()))
+            except OSError as exc:
+                out.append((name, exc))
+    return out
+
+
+def _stored(picture: Image.Image) -> np.ndarray:
+    if max(picture.size) > STORED_SIDE:
+        picture = picture.resize((STORED_SIDE, STORED_SIDE), Image.Resampling.BILINEAR)
+    return np.asarray(picture, dtype=np.uint8)
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def collect_chunk(model_key: str, dataset_key: str, split: str, limit: int, chunk: int,
+                  _model: torch.nn.Module, _meta: dict[str, Any], _listing: SplitSource) -> dict[str, Any]:
+    """Chunk ``chunk`` of the ``limit`` images spread over the split: decode and crop them, then one
+    :func:`resattn.masks.collect_masks` pass. Cached by (model key, dataset, split, limit, chunk)."""
+    positions = masks.spread_indices(len(_listing), limit)[chunk * CHUNK : (chunk + 1) * CHUNK]
+    prep = Preprocessing.from_meta(_meta)
+    mapping = label_map(_listing.classes, _meta)
+    kept, pictures, labels, names, skipped = [], [], [], [], []
+    for p, (name, data) in zip(positions, _read(_listing, positions)):
+        try:
+            if isinstance(data, Exception):
+                raise data
+            picture = prep.crop(images.load_image(data, _relative(name)))
+        except (images.ImageError, DataError, OSError, ValueError) as exc:
+            skipped.append(f"{_relative(name)}: {exc}")
+            continue
+        kept.append(int(p))
+        pictures.append(picture)
+        labels.append(mapping[_listing.items[p][1]])
+        names.append(_relative(name))
+    out: dict[str, Any] = {"positions": np.array(kept, np.int64), "names": names, "skipped": skipped,
+                           "pictures": np.stack([_stored(p) for p in pictures]) if pictures else None}
+    if not kept:
+        return out
+    batch = torch.from_numpy(np.stack([np.asarray(p, np.uint8) for p in pictures])).permute(0, 3, 1, 2).contiguous()
+    decoded = Decoded(batch, torch.tensor(labels, dtype=torch.int64), list(_meta.get("classes") or []), dataset_key)
+    result = masks.collect_masks(_model, _meta, decoded, batch_size=CHUNK, channels_last=False)
+    out.update(modules=result.modules, masks=result.masks, labels=result.labels, predictions=result.predictions,
+               confidence=result.confidence, info=result.meta)
+    return out
+
+
+def collect(model_key: str, dataset_key: str, split: str, limit: int, model: torch.nn.Module,
+            meta: dict[str, Any], source: SplitSource,
+            progress: Callable[[int, int], None] | None = None) -> DatasetMasks:
+    """Masks over ``limit`` images of ``source`` (cached chunk by chunk); ``progress(done, total)`` is called
+    before each chunk and at the end. Raises ``ValueError`` when the dataset's classes are not the model's."""
+    label_map(source.classes, meta)  # refuse a class mismatch before any work
+    total = len(source)
+    count = len(masks.spread_indices(total, limit))
+    chunks = -(-count // CHUNK)
+    start = time.perf_counter()
+    parts = []
+    for chunk in range(chunks):
+        if progress is not None:
+            progress(chunk * CHUNK, count)
+        parts.append(collect_chunk(model_key, dataset_key, split, int(limit), chunk, model, meta, source))
+    if progress is not None:
+        progress(count, count)
+    seconds = time.perf_counter() - start
+    used = [p for p in parts if len(p["positions"])]
+    skipped = [s for p in parts for s in p["skipped"]]
+    classes = list(meta.get("classes") or [])
+    if not used:
+        raise ValueError("no image of this split could be decoded" + (f" ({skipped[0]})" if skipped else ""))
+    modules = used[0]["modules"]
+    result = masks.MaskSet(
+        classes, modules, {n: np.concatenate([p["masks"][n] for p in used]) for n in modules},
+        np.concatenate([p["labels"] for p in used]), np.concatenate([p["predictions"] for p in used]),
+        np.concatenate([p["confidence"] for p in used]), np.concatenate([p["positions"] for p in used]),
+        meta={**used[0]["info"], "split": source.split, "total_in_split": total},
+    ).derive()
+    return DatasetMasks(result, np.concatenate([p["pictures"] for p in used]),
+                        [n for p in used for n in p["names"]], total, skipped, seconds)
+
+
+# ----------------------------------------------------------------------------------- hand-over to Explore
+
+
+def pick(data: bytes, name: str, detail: str = "") -> None:
+    """Remember one dataset image for the sidebar (see :func:`picked_image`); the caller then switches page."""
+    st.session_state[PICK_KEY] = {"bytes": data, "name": name, "detail": detail,
+                                  "source": st.session_state.get("source")}
+
+
+def _drop_pick() -> None:
+    st.session_state.pop(PICK_KEY, None)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _decode(data: bytes, name: str) -> tuple[Image.Image, str]:
+    image = images.load_image(data, name)
+    return image, images.image_hash(image)
+
+
+def picked_image(source: str | None = None) -> tuple[Image.Image, str, str] | None:
+    """The image picked on the Dataset page as (image, name, hash), for the sidebar's image input, or None.
+
+    Drawn in the sidebar while a pick is active: where the image comes from, and a button back to the sidebar's
+    own image. The pick is dropped when the user switches the image source (``source``, the radio's value) or
+    presses that button, or when its bytes do not decode (reported)."""
+    chosen = st.session_state.get(PICK_KEY)
+    if not chosen:
+        return None
+    if source is not None and chosen.get("source") not in (None, source):
+        _drop_pick()
+        return None
+    try:
+        image, digest = _decode(chosen["bytes"], chosen["name"])
+    except images.ImageError as exc:
+        _drop_pick()
+        st.sidebar.error(f"Cannot use the image picked on the Dataset page: {exc}")
+        return None
+    st.session_state["_image_errors"] = []
+    st.sidebar.info(f"Image from the Dataset page: **{chosen['name']}**"
+                    + (f" ({chosen['detail']})" if chosen.get("detail") else ""))
+    st.sidebar.button("Back to the sidebar's image", key="dataset_pick_clear", on_click=_drop_pick,
+                      icon=":material/undo:")
+    return image, chosen["name"], digest

@@ -1,0 +1,330 @@
+"""Is a map faithful to the model? Two on-demand panels over :mod:`resattn.faithfulness`, for the existing pages:
+
+* :func:`deletion_insertion_panel` (Attribution page): deletion and insertion curves (Petsiuk et al., BMVC 2018)
+  of the soft mask, Grad-CAM, Integrated Gradients, a random map and a centre prior for the current image and
+  class, with their AUCs;
+* :func:`sanity_panel` (Learn page): the cascading randomisation sanity check (Adebayo et al., NeurIPS 2018), as a
+  plot of Spearman ρ and SSIM per step and as the maps themselves.
+
+Both cost seconds, so each runs behind a toggle, with a progress bar. Results are shared by every session of the
+server through ``state.SharedResults`` (in ``st.cache_resource``), keyed by model key, image hash, target class,
+stage, module and settings: ``st.cache_data`` cannot carry the progress callbacks, and a session that asks for a
+result another session is computing waits for it instead of computing it twice.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+import torch
+from plotly.subplots import make_subplots
+from torch import nn
+
+import components
+import state
+from resattn import faithfulness as F
+from resattn import maps
+
+Progress = Callable[[int, int, str], None]
+#: One colour per map, the same in every plot.
+COLOURS = {"mask": "#1f77b4", "gradcam": "#d62728", "guided_gradcam": "#ff7f0e", "integrated_gradients": "#2ca02c",
+           "random": "#7f7f7f", "centre": "#9467bd", "occlusion": "#8c564b"}
+SIDE = 200  # the sanity check's map thumbnails
+PER_ROW = 4  # sanity-check thumbnails per row: wide enough for each one's colorbar numbers
+SHORT = {"mask": "mask M", "gradcam": "Grad-CAM", "guided_gradcam": "Guided Grad-CAM", "integrated_gradients": "IG"}
+
+
+@st.cache_resource(show_spinner=False)
+def results() -> state.SharedResults:
+    """One per server process: deletion/insertion curves and sanity checks by (model, image, class, settings)."""
+    return state.SharedResults(max_entries=24)
+
+
+def _none(done: int, total: int, text: str) -> None:  # noqa: ARG001 - default progress
+    return None
+
+
+def map_names(ctx: components.Context, names: Sequence[str]) -> list[str]:
+    """``names`` without the soft mask when the model has no attention modules (the ResNet baseline)."""
+    return [n for n in names if n != "mask" or sum(ctx.module_counts) > 0]
+
+
+def _ig_steps() -> int:
+    return int(st.session_state.get("ig_steps", 16))
+
+
+def _run(key: tuple, compute: Callable[[Progress], Any], label: str) -> Any:
+    """Compute (or fetch) a shared result with a progress bar that is removed afterwards."""
+    status = st.empty()
+    bar = status.progress(0.0, text=label)
+
+    def progress(done: int, total: int, text: str) -> None:
+        bar.progress(min(1.0, done / max(total, 1)), text=f"{label} {text} ({done} of {total} done)")
+
+    def waiting(message: str) -> None:
+        status.info(f"{label} {message}.")
+
+    try:
+        return results().get(key, lambda: compute(progress), waiting)
+    finally:
+        status.empty()
+
+
+# ------------------------------------------------------------------------------------ deletion / insertion
+
+
+@dataclass
+class DeletionResult:
+    """Deletion and insertion curves of several maps on one image, for one class."""
+
+    names: list[str]
+    maps: dict[str, np.ndarray]  # at the model input's resolution
+    fractions: np.ndarray
+    deletion: dict[str, np.ndarray]  # probabilities of the target class per step
+    insertion: dict[str, np.ndarray]
+    auc: dict[str, dict[str, float]]  # name → {"deletion", "insertion"}
+    input_size: tuple[int, int]
+    steps: int
+    blur_sigma: float
+    seconds: float
+
+
+def deletion_curves(model: nn.Module, x: torch.Tensor, target: int, stage: int, index: int, names: Sequence[str],
+                    ig_steps: int = 16, steps: int = F.DEFAULT_STEPS, progress: Progress = _none) -> DeletionResult:
+    """:func:`resattn.faithfulness.saliency_maps` one map at a time (for progress), then
+    :func:`resattn.faithfulness.faithfulness_curves` with the library's defaults."""
+    start = time.perf_counter()
+    total = len(names) + 1
+    found: dict[str, np.ndarray] = {}
+    for done, name in enumerate(names):
+        progress(done, total, f"computing the {F.MAP_NAMES[name]} map")
+        found.update(F.saliency_maps(model, x, target, stage, index, [name], ig_steps=ig_steps))
+    progress(len(names), total, f"scoring {2 * (steps + 1) * len(names)} perturbed images")
+    curves = F.faithfulness_curves(model, x, target, found, steps)
+    size = tuple(x.shape[-2:])
+    progress(total, total, "done")
+    return DeletionResult(
+        list(names), found, curves[names[0]]["deletion"].fractions,
+        {n: curves[n]["deletion"].probabilities for n in names},
+        {n: curves[n]["insertion"].probabilities for n in names},
+        {n: {k: curves[n][k].auc for k in ("deletion", "insertion")} for n in names},
+        size, steps, F.blur_sigma_for(size), time.perf_counter() - start)
+
+
+def _curve_figure(result: DeletionResult, class_name: str) -> go.Figure:
+    figure = make_subplots(rows=1, cols=2, horizontal_spacing=0.08, subplot_titles=(
+        "Deletion: pixels replaced by the mean colour (lower AUC is better)",
+        "Insertion: pixels revealed on a blurred image (higher AUC is better)"))
+    for col, kind in enumerate(("deletion", "insertion"), start=1):
+        for name in result.names:
+            figure.add_trace(go.Scatter(
+                x=result.fractions, y=getattr(result, kind)[name], mode="lines", showlegend=col == 1,
+                name=f"{F.MAP_NAMES[name]}", legendgroup=name, line=dict(color=COLOURS.get(name))), row=1, col=col)
+        figure.update_xaxes(title_text=f"fraction of pixels {'deleted' if kind == 'deletion' else 'inserted'}, "
+                            "most important first", range=[0, 1], row=1, col=col)
+    figure.update_yaxes(title_text=f"p({class_name})", range=[0, 1.02], row=1, col=1)
+    figure.update_yaxes(range=[0, 1.02], row=1, col=2)
+    figure.update_layout(height=360, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.25))
+    return figure
+
+
+def _map_panel(picture_side: int, amap: np.ndarray, quantity: str, contrast: str, cmap: str, title: str) -> None:
+    """One map with its colorbar and its scale stated (or why it is not drawn)."""
+    stats = maps.describe(amap)
+    if not stats.ok:
+        st.warning(f"{title}: {stats.problem}. Not drawn as a map.")
+        return
+    scale = maps.scale_for(amap, quantity, contrast)  # type: ignore[arg-type]
+    heat = maps.colorize(maps.upsample(amap, (picture_side, picture_side)), scale.low, scale.high, cmap)
+    st.image(maps.with_colorbar(heat, scale, cmap), caption=f"{title} · {stats.summary()} · colours: "
+             f"{scale.description} ({cmap})")
+
+
+def deletion_insertion_panel(ctx: components.Context, target: int) -> None:
+    """Deletion and insertion curves of every map for the current image and class ``target`` (on demand)."""
+    st.subheader("Is the map faithful? Deletion and insertion")
+    names = map_names(ctx, F.DELETION_MAPS)
+    class_name = ctx.class_name(int(target))
+    st.markdown(
+        "Remove the pixels in the order a map ranks them, most important first, and follow the probability of "
+        f"**{class_name}** (*deletion*: it should fall fast), or reveal them in that order on a blurred copy "
+        "(*insertion*: it should rise fast) — Petsiuk et al., BMVC 2018. A map ordered like the model's evidence "
+        "has a low deletion AUC and a high insertion AUC; a random map and a centre prior are the floors to beat.")
+    if not st.toggle("Compute the deletion and insertion curves (a few seconds)", key="faithful_deletion"):
+        return
+    ig_steps = _ig_steps()
+    key = ("deletion", ctx.entry.key, ctx.image_hash, int(target), ctx.stage, ctx.index, tuple(names), ig_steps,
+           F.DEFAULT_STEPS)
+    x = state.model_input(ctx.image, ctx.meta)
+    result: DeletionResult = _run(key, lambda progress: deletion_curves(
+        ctx.model, x, int(target), ctx.stage, ctx.index, names, ig_steps, progress=progress),
+        f"Deletion and insertion for {class_name}:")
+    st.plotly_chart(_curve_figure(result, class_name), width="stretch", key="faithful_curves")
+    st.dataframe([{"map": F.MAP_NAMES[n], "deletion AUC (lower is better)": result.auc[n]["deletion"],
+                   "insertion AUC (higher is better)": result.auc[n]["insertion"]} for n in result.names],
+                 hide_index=True, column_config={
+                     "deletion AUC (lower is better)": st.column_config.NumberColumn(format="%.3f"),
+                     "insertion AUC (higher is better)": st.column_config.NumberColumn(format="%.3f")})
+    h, w = result.input_size
+    per_step = round(h * w / result.steps)
+    st.caption(
+        f"**Choices.** {result.steps} equal steps of about {per_step} of the {h}×{w} input pixels (all colour "
+        "channels of a position together); ties broken by position. Deletion replaces pixels by 0 in normalised "
+        "space, i.e. the dataset's mean colour; insertion starts from a Gaussian blur of the input with "
+        f"σ = {result.blur_sigma:.3g} px (side / 16) and puts the original pixels back. Score: the softmax "
+        f"probability of class {class_name} (index {int(target)}); AUC by the trapezoid rule over the fraction of "
+        f"pixels, in [0, 1]. Maps: the soft mask M of stage {ctx.stage}, module {ctx.index} (channel mean, "
+        f"upsampled bilinearly; class-agnostic), Grad-CAM at the output of stage {ctx.stage}, Integrated Gradients "
+        f"({ig_steps} steps, zero baseline, summed over colour channels; signed maps are ranked by value, positive "
+        "evidence first), uniform random noise (seed 0) and a centre Gaussian with σ = side / 4. "
+        "**Caveats.** Mean-coloured holes and blurred images are outside the training data: part of every drop "
+        "or rise is the model reacting to the artefact (ROAR retrains to avoid this; this does not). The mask "
+        "weighs features inside the network for every class; scoring it by one class's probability after "
+        "upsampling a coarse map is one reading of it, not its definition. One image is an anecdote "
+        "(`python -m resattn.faithfulness deletion` averages over a dataset), and the numbers depend on the "
+        f"steps, baseline and blur: compare maps only under the same settings. Computed in {result.seconds:.1f} s.")
+    with st.expander("The maps that ordered the pixels"):
+        contrast = st.session_state.get("contrast_attribution", "stretch")
+        for column, name in zip(st.columns(len(result.names)), result.names):
+            with column:
+                quantity = ctx.mask_scale if name == "mask" else "attribution"
+                cmap = components.cmap("mask" if name == "mask" else "attribution")
+                _map_panel(160, result.maps[name], quantity, contrast, cmap, F.MAP_NAMES[name])
+
+
+# ------------------------------------------------------------------------------------------- sanity check
+
+
+def _compared(name: str, amap: np.ndarray) -> np.ndarray:
+    """What the check compares: the mask by value, attributions by magnitude |A| (as the library does)."""
+    return amap if name == "mask" else np.abs(amap)
+
+
+def sanity_with_progress(model: nn.Module, x: torch.Tensor, target: int, stage: int, index: int,
+                         names: Sequence[str], *, seed: int = 0, ig_steps: int = 16,
+                         progress: Progress = _none) -> F.SanityResult:
+    """:func:`resattn.faithfulness.sanity_check`, step by step with progress: the same cascade
+    (:func:`~resattn.faithfulness.randomisation_cascade`), maps and measures, and the same result."""
+    start = time.perf_counter()
+    blocks = [name for name, _ in F.cascade_blocks(model)]
+    total = len(blocks) + 1
+
+    def measure(net: nn.Module, block: str, done: tuple[str, ...]) -> F.SanityStep:
+        found = F.saliency_maps(net, x, target, stage, index, names, seed=seed, ig_steps=ig_steps)
+        with torch.inference_mode():
+            probs = torch.softmax(net(x).float(), dim=1)[0]
+        return F.SanityStep(block, done, found, {}, {}, float(probs[target]), int(probs.argmax()))
+
+    progress(0, total, "maps of the trained model")
+    steps = [measure(model, "trained", ())]
+    for number, (block, randomised, done) in enumerate(F.randomisation_cascade(model, seed), start=1):
+        progress(number, total, f"re-initialised down to {block}")
+        steps.append(measure(randomised, block, done))
+    progress(total, total, "done")
+    for step in steps:
+        for n in names:
+            a, b = _compared(n, steps[0].maps[n]), _compared(n, step.maps[n])
+            step.spearman[n] = F.rank_correlation(a, b)
+            step.ssim[n] = F.ssim(a, b)
+    return F.SanityResult(int(target), stage, index, list(names), steps,
+                          {"seed": seed, "ig_steps": ig_steps, "seconds": time.perf_counter() - start})
+
+
+def _step_label(block: str) -> str:
+    return "trained" if block == "trained" else f"→ {block}"
+
+
+def _sanity_figure(result: F.SanityResult) -> go.Figure:
+    labels = [_step_label(s.block) for s in result.steps]
+    figure = make_subplots(rows=1, cols=2, horizontal_spacing=0.08, subplot_titles=(
+        "Spearman ρ with the trained model's map", "SSIM with the trained model's map"))
+    for col, measure in enumerate(("spearman", "ssim"), start=1):
+        for name in result.names:
+            figure.add_trace(go.Scatter(
+                x=labels, y=[getattr(s, measure)[name] for s in result.steps], mode="lines+markers",
+                name=F.MAP_NAMES[name], legendgroup=name, showlegend=col == 1, line=dict(color=COLOURS.get(name))),
+                row=1, col=col)
+        figure.update_xaxes(title_text="weights re-initialised from the classifier down to", row=1, col=col)
+        figure.update_yaxes(range=[-1.05, 1.05], row=1, col=col)
+    figure.update_layout(height=360, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.3))
+    return figure
+
+
+def sanity_panel(ctx: components.Context) -> None:
+    """The randomisation sanity check for the current image (on demand): plot, table and maps per step."""
+    st.header("Sanity check: do the maps depend on what was learned?")
+    probs = ctx.trace().probs
+    target = int(np.argmax(probs))
+    class_name = ctx.class_name(target)
+    st.markdown(
+        "Adebayo et al. (NeurIPS 2018): destroy the trained weights, from the classifier downwards one block at a "
+        "time (re-initialised as before training), and recompute each map. **A map that does not change when the "
+        "weights it should depend on are destroyed explains the architecture, not what was learned.**\n\n"
+        f"What to expect here: the soft mask of stage {ctx.stage} is computed *before* the classifier and every "
+        f"later stage, so it cannot change until stage {ctx.stage} (or one below it) is re-initialised — by "
+        "construction, not as a failure; and it is class-agnostic. Grad-CAM and Integrated Gradients explain the "
+        f"class **{class_name}** (the trained model's top-1 here, kept fixed through the cascade): they should "
+        "change as soon as the classifier is gone.")
+    options = map_names(ctx, F.SANITY_MAPS)
+    st.session_state.setdefault("sanity_maps", [n for n in ("mask", "gradcam", "integrated_gradients") if n in options])
+    names = st.multiselect("Maps", options, key="sanity_maps", format_func=F.MAP_NAMES.get)
+    if not st.toggle("Run the randomisation cascade (seconds: every map at every step)", key="sanity_run"):
+        return
+    if not names:
+        st.info("Choose at least one map.")
+        return
+    ig_steps = _ig_steps()
+    key = ("sanity", ctx.entry.key, ctx.image_hash, target, ctx.stage, ctx.index, tuple(names), ig_steps, 0)
+    x = state.model_input(ctx.image, ctx.meta)
+    result: F.SanityResult = _run(key, lambda progress: sanity_with_progress(
+        ctx.model, x, target, ctx.stage, ctx.index, names, ig_steps=ig_steps, progress=progress),
+        "Randomisation cascade:")
+    st.plotly_chart(_sanity_figure(result), width="stretch", key="sanity_plot")
+    rows = []
+    for step in result.steps:
+        row: dict[str, Any] = {"re-initialised to": step.block, f"p({class_name})": step.probability,
+                               "top-1": ctx.class_name(step.prediction)}
+        for n in result.names:
+            row[f"{SHORT[n]} ρ"] = step.spearman[n]
+            row[f"{SHORT[n]} SSIM"] = step.ssim[n]
+        rows.append(row)
+    numbers = {k: st.column_config.NumberColumn(format="%.3f", width="small") for k in rows[0]
+               if k not in ("re-initialised to", "top-1")}
+    st.dataframe(rows, hide_index=True, column_config={
+        **numbers, "re-initialised to": st.column_config.TextColumn(width="small"),
+        "top-1": st.column_config.TextColumn(width="small")})
+    st.caption(
+        f"Step k re-initialises one more block ({' → '.join(s.block for s in result.steps[1:])}) with the "
+        "network's own initialisation (He normal convolutions, N(0, 0.01²) classifier, BatchNorm γ = 1, β = 0, "
+        "running statistics reset), seed 0, on a copy: the loaded model is untouched. ρ: Spearman rank correlation "
+        "with the trained model's map; SSIM (7×7 window) on both maps scaled to [0, 1]; attributions are compared "
+        "by |A|, the mask by its value; empty: a constant map. Integrated Gradients with "
+        f"{ig_steps} steps; Grad-CAM and the mask at stage {ctx.stage} (mask: module {ctx.index}, channel mean). "
+        f"Computed in {result.settings['seconds']:.1f} s (shared by every session once computed).")
+    contrast = st.session_state.get("contrast_learn", "stretch")
+    st.markdown("**The maps at each step** (each with its own colorbar; the scale follows the contrast chosen "
+                "under “Inside one soft mask branch”)")
+    for name in result.names:
+        shown = "value" if name == "mask" else "magnitude |A|"
+        st.markdown(f"*{F.MAP_NAMES[name]}* — {shown}, at the {result.steps[0].maps[name].shape[0]}×"
+                    f"{result.steps[0].maps[name].shape[1]} input")
+        quantity = ctx.mask_scale if name == "mask" else "attribution"
+        cmap = components.cmap("mask" if name == "mask" else "attribution")
+        for first in range(0, len(result.steps), PER_ROW):
+            for column, step in zip(st.columns(PER_ROW), result.steps[first : first + PER_ROW]):
+                with column:
+                    amap = _compared(name, step.maps[name])
+                    stats = maps.describe(amap)
+                    if not stats.ok:
+                        st.caption(f"{_step_label(step.block)}: {stats.problem}")
+                        continue
+                    scale = maps.scale_for(amap, quantity, contrast)
+                    heat = maps.colorize(maps.upsample(amap, (SIDE, SIDE)), scale.low, scale.high, cmap)
+                    st.image(maps.with_colorbar(heat, scale, cmap),
+                             caption=f"{_step_label(step.block)} · {scale.description} ({cmap})")

@@ -324,15 +324,21 @@ def model_banner(ctx: Context) -> None:
         st.markdown(f"{text} · checkpoint `{ctx.entry.short_hash}`")
 
 
+@st.cache_data(show_spinner=False, max_entries=128)
+def _png(model_key: str, image_hash: str, what: str, _picture: np.ndarray) -> bytes:
+    """A picture encoded once per model and image (every rerun would otherwise encode it again)."""
+    return maps.to_png(_picture)
+
+
 def image_columns(ctx: Context) -> None:
     """The picture beside the exact tensor the model receives."""
     prep = ctx.preprocessing
     a, b = st.columns(2)
     with a:
-        st.image(ctx.picture, caption=f"{ctx.image_name}: the region the model sees "
+        st.image(_png(ctx.entry.key, ctx.image_hash, "picture", ctx.picture), caption=f"{ctx.image_name}: the region the model sees "
                  + ("(the whole image)" if prep.crop_fraction == 1 else f"(centre {prep.crop_fraction:.1%} crop)"))
     with b:
-        st.image(ctx.model_view(), caption=f"The model's input: {prep.size}×{prep.size} pixels, de-normalised, "
+        st.image(_png(ctx.entry.key, ctx.image_hash, "input", ctx.model_view()), caption=f"The model's input: {prep.size}×{prep.size} pixels, de-normalised, "
                  "enlarged by nearest neighbour (each square is one input pixel)")
 
 

@@ -86,7 +86,7 @@ for column, (title, amap, key) in zip(st.columns(max(1, len(panels))), panels):
         heat = maps.colorize(maps.upsample(amap, (height, width)), scale.low, scale.high, colours)
         picture = maps.with_colorbar(maps.overlay(ctx.picture, heat, alpha), scale, colours)
         st.image(picture, caption=f"{stats.summary()} · colours: {scale.description} ({colours})")
-        st.download_button("PNG", maps.to_png(picture), file_name=f"{key}_stage{ctx.stage}.png", mime="image/png",
+        st.download_button("PNG", lambda picture=picture: maps.to_png(picture), file_name=f"{key}_stage{ctx.stage}.png", mime="image/png",
                            key=f"attr_png_{key}", on_click="ignore")
 
 if rows:

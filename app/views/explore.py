@@ -85,7 +85,7 @@ for column, (key, panel) in zip(st.columns(3), shown.items()):
             st.warning(f"{panel['name']}: {panel['problem']}. Not drawn as a map.")
         if panel["grid"] is not None:
             st.image(panel["grid"], caption=f"top-{k} channels by mask energy: {panel['channels']} (same scale)")
-        st.download_button("PNG", panel["png"], file_name=f"{key}_stage{ctx.stage}_module{ctx.index}_{reduction}.png",
+        st.download_button("PNG", lambda png=panel["png"]: png, file_name=f"{key}_stage{ctx.stage}_module{ctx.index}_{reduction}.png",
                            mime="image/png", key=f"png_{key}", on_click="ignore")
 
 st.subheader("Export this view")

@@ -164,6 +164,18 @@ def _hash_file(path: str, mtime: float, size: int) -> str:
     return resattn.file_hash(path)
 
 
+def checkpoint_entry(path: Path, name: str, broken_name: str) -> ModelEntry:
+    """A picker entry for a checkpoint file, keyed by its content hash; a file that cannot be read is listed
+    with its reason (the app reports it and falls back)."""
+    stat = path.stat()
+    key = f"sha256:{_hash_file(str(path), stat.st_mtime, stat.st_size)}"
+    try:
+        meta = resattn.read_meta(path)
+        return ModelEntry(key, f"{name} — {describe_meta(meta)}", meta, path=path)
+    except resattn.CheckpointError as exc:
+        return ModelEntry(key, f"⚠ {broken_name} (cannot be read)", path=path, error=str(exc))
+
+
 def catalogue(include_random: bool | None = None) -> list[ModelEntry]:
     """Every checkpoint in the checkpoint directory (read from its header only), then the random models.
 
@@ -173,13 +185,7 @@ def catalogue(include_random: bool | None = None) -> list[ModelEntry]:
     entries: list[ModelEntry] = []
     folder = checkpoint_dir()
     for path in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
-        stat = path.stat()
-        key = f"sha256:{_hash_file(str(path), stat.st_mtime, stat.st_size)}"
-        try:
-            meta = resattn.read_meta(path)
-            entries.append(ModelEntry(key, f"{path.stem} — {describe_meta(meta)}", meta, path=path))
-        except resattn.CheckpointError as exc:
-            entries.append(ModelEntry(key, f"⚠ {path.name} (cannot be read)", path=path, error=str(exc)))
+        entries.append(checkpoint_entry(path, path.stem, path.name))
     entries += job_entries()
     if include_random is None:
         include_random = not any(e.error is None for e in entries)
@@ -367,13 +373,5 @@ def job_entries() -> list[ModelEntry]:
     labelled "job N": a finished job's model is in every page's picker on the next rerun, without a restart."""
     from resattn import jobs
 
-    entries: list[ModelEntry] = []
-    for job, path in jobs.succeeded_checkpoints(jobs.jobs_dir()):
-        stat = path.stat()
-        key = f"sha256:{_hash_file(str(path), stat.st_mtime, stat.st_size)}"
-        try:
-            meta = resattn.read_meta(path)
-            entries.append(ModelEntry(key, f"job {job.id} — {describe_meta(meta)}", meta, path=path))
-        except resattn.CheckpointError as exc:
-            entries.append(ModelEntry(key, f"⚠ job {job.id} (cannot be read)", path=path, error=str(exc)))
-    return entries
+    return [checkpoint_entry(path, f"job {job.id}", f"job {job.id}")
+            for job, path in jobs.succeeded_checkpoints(jobs.jobs_dir())]

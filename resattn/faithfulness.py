@@ -78,6 +78,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .attribution import METHOD_NAMES
 from .inspect import inspect
 from .maps import upsample
 
@@ -117,14 +118,7 @@ DELETION_MAPS: tuple[str, ...] = ("mask", "gradcam", "integrated_gradients", "ra
 #: Maps recomputed in the randomisation sanity check (random and centre do not depend on weights).
 SANITY_MAPS: tuple[str, ...] = ("mask", "gradcam", "guided_gradcam", "integrated_gradients")
 MAP_NAMES: dict[str, str] = {
-    "mask": "soft mask M (channel mean)",
-    "gradcam": "Grad-CAM",
-    "guided_gradcam": "Guided Grad-CAM",
-    "integrated_gradients": "Integrated Gradients",
-    "occlusion": "Occlusion",
-    "random": "random",
-    "centre": "centre prior",
-}
+    "mask": "soft mask M (channel mean)", **METHOD_NAMES, "random": "random", "centre": "centre prior"}
 #: Blocks of the randomisation cascade, from the classifier down; missing or parameter-free blocks are skipped.
 CASCADE: tuple[str, ...] = ("fc", "norm", "tail", "stage3", "stage2", "stage1", "stem")
 

@@ -336,3 +336,31 @@ def test_learn_page_equations_architecture_path_and_knockout(app):
         no_exceptions(at)
         results[mode] = tuple(at.dataframe[-1].value["after"])
     assert len(set(results.values())) == 3  # each knock-out changes the prediction differently
+
+
+def test_shared_results_compute_once_and_tell_a_waiting_session():
+    """Two sessions asking for the same attribution: one computes, the other waits for its result and is told."""
+    import threading
+    import time
+
+    import state
+
+    shared = state.SharedResults(max_entries=2)
+    started, calls, messages, results = threading.Event(), [], [], []
+
+    def slow():
+        calls.append(1)
+        started.set()
+        time.sleep(0.5)
+        return "map"
+
+    first = threading.Thread(target=lambda: results.append(shared.get(("k",), slow)))
+    first.start()
+    started.wait(5)
+    results.append(shared.get(("k",), slow, on_wait=messages.append))
+    first.join()
+    assert results == ["map", "map"] and len(calls) == 1
+    assert messages and "another session" in messages[0]
+    for key in ("a", "b", "c"):  # bounded: the oldest entries go
+        shared.get((key,), lambda: key)
+    assert len(shared.values) == 2 and ("k",) not in shared.values

@@ -111,10 +111,18 @@ def test_knockout_replaces_only_the_chosen_mask(tiny_cifar, mode):
         resattn.knockout(tiny_cifar, x, stage=1, index=1, mode="half")  # type: ignore[arg-type]
 
 
-def test_resnet_baseline_has_no_modules():
-    model = resattn.create_model("resnet164_cifar", width_mult=0.25)
-    trace = resattn.inspect(model, torch.randn(1, 3, 32, 32))
+def test_resnet_baseline_has_no_modules_but_stage_outputs():
+    model = resattn.create_model("resnet164_cifar", width_mult=0.25).eval()
+    x = torch.randn(1, 3, 32, 32)
+    trace = resattn.inspect(model, x)
     assert trace.modules == [] and trace.logits.shape == (1, 10)
+    # the paper's Fig. 4 quantity exists for the baseline too: each stage's output, as the stages compute it
+    with torch.no_grad():
+        s1 = model.stage1(model.stem(x))
+        s2 = model.stage2(s1)
+        s3 = model.stage3(s2)
+    for recorded, expected in zip(trace.stage_outputs, (s1, s2, s3)):
+        torch.testing.assert_close(recorded, expected)
 
 
 def test_each_submodule_keeps_its_own_train_flag(tiny_cifar):

@@ -1,0 +1,135 @@
+"""Write a shipped checkpoint's model card from its run: ``python scripts/model_card.py --help``.
+
+    python scripts/model_card.py RUN_DIR --data path/to/data.zip --name attention56_cifar_mixed_arl
+
+``RUN_DIR`` is a training run's output folder (``model.safetensors``, ``metrics.jsonl``, ``config.json``; what
+``scripts/train_zoo.py`` leaves under ``~/.cache/resattn/zoo/NAME``). The script copies the checkpoint to
+``checkpoints/NAME.safetensors``, evaluates that copy with ``python -m resattn.evaluate``'s function on the test
+split (so the card's accuracy is what anyone reproduces), counts parameters and MACs, and writes
+``checkpoints/NAME.md`` with the recipe, the budget (epochs, training seconds from the metrics, hardware), the
+final-epoch accuracy, per-class accuracy, the per-epoch curve and the paper's figure when one is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import resattn  # noqa: E402
+from resattn.evaluate import evaluate_checkpoint  # noqa: E402
+from resattn.preprocess import Preprocessing  # noqa: E402
+
+#: The paper's figure for each shipped variant (error → accuracy), where it has one.
+PAPER = {
+    ("attention56_cifar", "mixed", "arl"): "94.48% (Table 1: 5.52% error)",
+    ("attention56_cifar", "channel", "arl"): "93.76% (Table 1: 6.24% error)",
+    ("attention56_cifar", "spatial", "arl"): "93.67% (Table 1: 6.33% error)",
+    ("attention56_cifar", "mixed", "nal"): "94.11% (Table 3: 5.89% error)",
+    ("attention92_cifar", "mixed", "arl"): "95.01% (Table 3: 4.99% error)",
+    ("attention56_imagenet", "mixed", "arl"): "78.24% top-1 on ImageNet-1k at 224 px, full width (Table 7); "
+                                              "not comparable with a 10-class subset",
+}
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def card(run: Path, data: str, name: str, cache_dir: str | None, command: str | None,
+         out_dir: Path = ROOT / "checkpoints") -> str:
+    """The model card's Markdown; copies the checkpoint to ``out_dir`` and evaluates the copy on the way."""
+    target = out_dir / f"{name}.safetensors"
+    shutil.copyfile(run / "model.safetensors", target)
+    model, meta = resattn.load_checkpoint(target)
+    result = evaluate_checkpoint(str(target), data, cache_dir=cache_dir)
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    recipe = meta["recipe"]
+    prep = Preprocessing.from_meta(meta)
+    overrides = meta.get("overrides", {})
+    attention, learning = overrides.get("attention", "mixed"), overrides.get("learning", "arl")
+    params = resattn.count_params(model) / 1e6
+    macs = resattn.count_macs(model, prep.size) / 1e9
+    seconds = sum(m["epoch_seconds"] for m in metrics)
+    recorded = meta["metrics"]["test_top1"]
+    if abs(recorded - result["top1"]) > 1e-9:
+        raise SystemExit(f"evaluation gives {result['top1']:.4f}, the run recorded {recorded:.4f}: not writing a card")
+    learning_text = "attention residual learning, H = (1 + M)·T" if learning == "arl" else "naive attention learning, H = M·T"
+    width = f", width ×{overrides['width_mult']}" if overrides.get("width_mult", 1.0) != 1.0 else ""
+    paper = PAPER.get((meta["model"], attention, learning), "–")
+    per_class = ", ".join(f"{c} {100 * a:.1f}" for c, a in result["per_class"].items())
+    curve = ", ".join(f"{m['epoch']}: {100 * m['test_top1']:.2f}" for m in metrics)
+    speeds = [m["images_per_s"] for m in metrics]
+    lines = [
+        f"# {name}",
+        "",
+        f"`{meta['model']}`{width}, **{attention} attention**, **{learning_text}**, "
+        f"{overrides.get('mask', 'hourglass')} mask, architecture revision {meta.get('arch_revision', 1)}"
+        + (" (the official Caffe pooling)" if meta.get("arch_revision", 1) >= 2 else " (padding-1 pooling)")
+        + f". {params:.2f}M parameters, {macs:.2f}G MACs per {prep.size}×{prep.size} image.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| file | `{name}.safetensors` (sha256 starts `{_sha256(target)[:16]}`) |",
+        f"| data | `{meta['dataset']}`: {len(meta['classes'])} classes ({', '.join(meta['classes'])}); "
+        f"test split {result['images']} images |",
+        f"| input | {prep.size}×{prep.size}; "
+        + (f"the {prep.size}×{prep.size} image as it is" if prep.resize == prep.size else
+           f"shorter side resized to {prep.resize}, centre crop (training: random-resized crops, smallest area "
+           f"{recipe.get('crop_scale', 0.08)}, and flips)")
+        + f"; normalised with mean {[round(v, 3) for v in prep.mean]}, std {[round(v, 3) for v in prep.std]} |",
+        f"| recipe | `{recipe['recipe']}`: Nesterov SGD momentum 0.9, batch {recipe['batch_size']}, "
+        + (f"one-cycle to lr {recipe['lr']} ({int(100 * recipe['warmup'])}% warm-up, cosine to 0)"
+           if recipe["schedule"] == "onecycle" else f"lr {recipe['lr']} ÷10 at {recipe['milestones']}")
+        + f", weight decay {recipe['weight_decay']} on "
+        + ("conv/FC weights only" if recipe.get("weight_decay_scope") == "weights" else "every parameter")
+        + f", label smoothing {recipe['label_smoothing']}; seed {meta['seed']} |",
+        f"| budget | **{meta['epochs']:g} epochs** ({meta['metrics']['iterations']} iterations), {seconds:,.0f} s of "
+        f"training ({min(speeds):.0f}–{max(speeds):.0f} images/s), {meta['hardware']} |",
+        f"| result | **{100 * result['top1']:.2f}% final-epoch test top-1** (test loss {result['loss']:.3f}); "
+        f"`python -m resattn.evaluate` on this file gives {result['top1']:.4f} |",
+        f"| paper | {paper} |",
+        "",
+        "Per class (%, final epoch): " + per_class + ".",
+        "",
+        "Test top-1 per epoch (%): " + curve + ".",
+        "",
+        "Reproduce (the trainer prints and stores its whole configuration):",
+        "",
+        "```bash",
+        command or f"python scripts/train_zoo.py --only {name} ...",
+        f"python -m resattn.evaluate --checkpoint checkpoints/{name}.safetensors --data path/to/{meta['dataset']}.zip",
+        "```",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("run", type=Path, help="the training run's output folder")
+    p.add_argument("--data", required=True, help="the dataset (folder or zip) to evaluate on")
+    p.add_argument("--name", required=True, help="the checkpoint's name in checkpoints/")
+    p.add_argument("--cache-dir", help="decoded-data cache")
+    p.add_argument("--command", help="the training command line to print in the card")
+    p.add_argument("--notes", type=Path, help="a Markdown file whose text is appended to the card")
+    p.add_argument("--out-dir", type=Path, default=ROOT / "checkpoints", help="where the checkpoint and card go")
+    args = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)
+    text = card(args.run, args.data, args.name, args.cache_dir, args.command, args.out_dir)
+    if args.notes:
+        text += "\n" + args.notes.read_text()
+    (args.out_dir / f"{args.name}.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -44,23 +44,26 @@ def _version() -> str:
     return __version__
 
 
-def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, meta: dict[str, Any]) -> None:
+def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, meta: dict[str, Any], half: bool = False) -> None:
     """Write ``model``'s weights and ``meta`` to a ``.safetensors`` file, atomically.
 
     ``model`` must come from :func:`resattn.create_model` (its name and overrides are stored so that
     :func:`load_checkpoint` can rebuild it). ``meta`` should hold ``classes``, ``input_size``, ``mean``, ``std``,
     ``dataset``, ``metrics`` and ``recipe``; the model name, overrides and package version are added here.
+    ``half=True`` stores floating-point tensors in float16 (half the file); loading always returns a float32 model.
     """
     spec = getattr(model, "resattn_spec", None)
     if spec is None:
         raise CheckpointError("model was not built by resattn.create_model, so it cannot be rebuilt on load")
     full = {**meta, "model": spec["name"], "overrides": spec["overrides"], "version": _version(), "format": FORMAT_VERSION,
-            "arch_revision": ARCH_REVISION}
+            "arch_revision": ARCH_REVISION, "storage": "float16" if half else "float32"}
     try:
         text = json.dumps(full, sort_keys=True)
     except TypeError as exc:
         raise CheckpointError(f"meta must be JSON-serialisable: {exc}") from exc
     state = {k: v.detach().to("cpu").contiguous() for k, v in _unwrap(model).state_dict().items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     data = st_save(state, metadata={META_KEY: text})
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")

@@ -205,3 +205,15 @@ def test_a_newer_revision_is_refused_with_a_reason(tmp_path, tiny_cifar):
     _rewrite_meta(saved, bogus, lambda meta: meta.update(arch_revision="two"))
     with pytest.raises(CheckpointError, match="invalid architecture revision"):
         resattn.load_checkpoint(bogus)
+
+
+def test_half_precision_storage_loads_as_float32(tmp_path, tiny_cifar):
+    full, half = tmp_path / "full.safetensors", tmp_path / "half.safetensors"
+    resattn.save_checkpoint(full, tiny_cifar, META)
+    resattn.save_checkpoint(half, tiny_cifar, META, half=True)
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    model, meta = resattn.load_checkpoint(half)
+    assert meta["storage"] == "float16" and all(p.dtype == torch.float32 for p in model.parameters())
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), tiny_cifar(x), rtol=2e-2, atol=2e-2)

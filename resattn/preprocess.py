@@ -71,7 +71,13 @@ class Preprocessing:
 
     @classmethod
     def from_meta(cls, meta: Mapping[str, Any]) -> "Preprocessing":
-        """Read ``input_size``, ``resize`` (default: ``input_size``), ``mean``, ``std`` and ``mean_image``."""
+        """Read ``input_size``, ``resize`` (default: ``input_size``), ``mean``, ``std`` and ``mean_image``.
+
+        Metadata without one of the required keys raises ``ValueError`` naming it (not a bare ``KeyError``)."""
+        missing = [key for key in ("input_size", "mean", "std") if key not in meta]
+        if missing:
+            raise ValueError(f"the checkpoint's metadata has no {', '.join(map(repr, missing))}, which preprocessing "
+                             "needs; save checkpoints with resattn.train or pass them in save_checkpoint's meta")
         size = _side(meta["input_size"])
         resize = int(meta.get("resize") or size)
         mean_image = meta.get("mean_image")

@@ -2,6 +2,10 @@
 the output H = (1 + M)·T (ARL) or M·T (NAL) of one module, each with its colorbar.
 
     python scripts/figure1.py PHOTO [--checkpoint C] [--out figure1.png] [--module last] [--contrast stretch]
+    python scripts/figure1.py --gallery china --out docs/figure1.png     # the README's figure
+
+``--gallery WORD`` takes the explorer's first gallery photo whose label starts with WORD (photos that ship inside
+installed packages: scikit-learn's ``china.jpg`` for the README, scikit-image's samples, matplotlib's Grace Hopper).
 
 The checkpoint defaults to the photo model in ``checkpoints/`` (a model trained on larger-than-CIFAR images). The
 photo goes through the checkpoint's own preprocessing (``resattn.preprocess``: resize, centre crop, normalise), so
@@ -37,7 +41,17 @@ def default_checkpoint(folder: Path = ROOT / "checkpoints") -> Path:
     raise SystemExit(f"no photo model in {folder}; pass --checkpoint")
 
 
-def figure(photo: Path, checkpoint: Path, out: Path, size: tuple[int, int] = (1600, 1300), module: str = "last",
+def gallery_photo(word: str) -> tuple[bytes, str]:
+    """The bytes and label of the first gallery photo whose label starts with ``word`` (case-insensitive)."""
+    items = images.gallery()
+    for item in items:
+        if item.label.lower().startswith(word.lower()):
+            return item.read(), f"{item.label} from {item.source}"
+    offered = ", ".join(repr(item.label) for item in items) or "none (install scikit-image, scikit-learn or matplotlib)"
+    raise SystemExit(f"no gallery photo starts with {word!r}; gallery photos: {offered}")
+
+
+def figure(photo: bytes, photo_name: str, checkpoint: Path, out: Path, size: tuple[int, int] = (1600, 1300), module: str = "last",
            contrast: str = "stretch") -> Path:
     """Write the figure to ``out`` (PNG of exactly ``size`` pixels) and return the path."""
     import matplotlib
@@ -47,7 +61,7 @@ def figure(photo: Path, checkpoint: Path, out: Path, size: tuple[int, int] = (16
 
     model, meta = resattn.load_checkpoint(checkpoint)
     prep = Preprocessing.from_meta(meta)
-    image = images.load_image(photo.read_bytes(), photo.name)
+    image = images.load_image(photo, photo_name)
     x = prep(image)
     trace = resattn.inspect(model, x)
     probs = torch.softmax(trace.logits, dim=1)[0]
@@ -89,7 +103,7 @@ def figure(photo: Path, checkpoint: Path, out: Path, size: tuple[int, int] = (16
             bar.ax.tick_params(labelsize=8)
             bar.set_label("stretched: 1st–99th pct." if scale.stretched else "fixed scale", fontsize=8)
     name = classes[top] if top < len(classes) else f"class {top}"
-    fig.suptitle(f"{meta.get('model')} ({Path(checkpoint).stem}): {photo.name}, predicted {name} (p = {float(probs[top]):.2f})",
+    fig.suptitle(f"{meta.get('model')} ({Path(checkpoint).stem}): {photo_name}, predicted {name} (p = {float(probs[top]):.2f})",
                  fontsize=12)
     fig.tight_layout(rect=(0, 0, 1, 0.96))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -100,7 +114,8 @@ def figure(photo: Path, checkpoint: Path, out: Path, size: tuple[int, int] = (16
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("photo", type=Path, help="an image file (PNG, JPEG, …)")
+    p.add_argument("photo", type=Path, nargs="?", help="an image file (PNG, JPEG, …)")
+    p.add_argument("--gallery", metavar="WORD", help="instead of PHOTO: the first gallery photo whose label starts with WORD")
     p.add_argument("--checkpoint", type=Path, help="a resattn checkpoint (default: the photo model in checkpoints/)")
     p.add_argument("--out", type=Path, default=Path("figure1.png"), help="output PNG")
     p.add_argument("--size", default="1600x1300", help="output size in pixels, WIDTHxHEIGHT")
@@ -111,12 +126,18 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     width, _, height = args.size.partition("x")
-    if not args.photo.is_file():
-        raise SystemExit(f"{args.photo}: no such image file")
+    if (args.photo is None) == (args.gallery is None):
+        p.error("give either PHOTO or --gallery WORD")
     try:
-        out = figure(args.photo, args.checkpoint or default_checkpoint(), args.out, (int(width), int(height)),
+        if args.gallery is not None:
+            data, name = gallery_photo(args.gallery)
+        elif not args.photo.is_file():
+            raise SystemExit(f"{args.photo}: no such image file")
+        else:
+            data, name = args.photo.read_bytes(), args.photo.name
+        out = figure(data, name, args.checkpoint or default_checkpoint(), args.out, (int(width), int(height)),
                      args.module, args.contrast)
-    except (images.ImageError, resattn.CheckpointError) as exc:
+    except (images.ImageError, ValueError) as exc:  # CheckpointError is a ValueError, as is metadata without stats
         raise SystemExit(f"cannot make the figure: {exc}") from None
     print(out)
     return 0

@@ -1,6 +1,6 @@
 """Real browser: `streamlit run app/main.py` headless on 127.0.0.1, driven by Playwright with Debian's chromium.
 
-Uploads a photo (scikit-image's astronaut, shipped with the package), waits for the M/T/H panels and checks that
+Uploads a photo (scikit-learn's china.jpg, a temple the photo model calls a church, shipped with the package), waits for the M/T/H panels and checks that
 the images really decoded, switches the stage, opens Attribution and compares the class the page names with the
 class in the exported manifest, switches to a model with other classes and compares again, and checks every page
 for horizontal overflow at 1280×800 and 1920×1080. Screenshots go to a temporary folder; ``make screenshots``
@@ -94,9 +94,9 @@ def _check_page(page, folder: Path, name: str, size: tuple[int, int], scratch: P
 
 def test_explorer_in_a_real_browser(server, tmp_path):
     from playwright.sync_api import expect, sync_playwright
-    import skimage
+    import sklearn.datasets
 
-    photo = Path(skimage.__file__).parent / "data" / "astronaut.png"
+    photo = Path(sklearn.datasets.__file__).parent / "images" / "china.jpg"
     url, checkpoints = server
     folder = screenshot_dir(tmp_path)
     with sync_playwright() as p:

@@ -1,0 +1,47 @@
+"""The checkpoints that ship in checkpoints/: each loads, carries the metadata the app and evaluation read (class
+names, preprocessing, final-epoch accuracy, architecture revision) and has a model card stating that accuracy.
+
+Accuracy itself is reproduced with ``python -m resattn.evaluate`` on the dataset, which CI does not have; this test
+checks what can be checked without it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import resattn
+from resattn.preprocess import Preprocessing
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((ROOT / "checkpoints").glob("*.safetensors"))
+
+
+def test_there_is_a_photo_model_and_a_cifar_model():
+    sizes = {Preprocessing.from_meta(resattn.read_meta(path)).size for path in SHIPPED}
+    assert 32 in sizes and max(sizes) >= 128, sizes
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_a_shipped_checkpoint_is_complete_and_its_card_agrees(path: Path):
+    meta = resattn.read_meta(path)
+    model, loaded = resattn.load_checkpoint(path)
+    prep = Preprocessing.from_meta(loaded)
+    classes = meta["classes"]
+    assert len(classes) == len(set(classes)) and all(isinstance(c, str) and c.strip() for c in classes)
+    assert not any(c.startswith("n0") for c in classes), "WordNet ids instead of human class names"
+    with torch.no_grad():
+        logits = model.eval()(torch.zeros(1, 3, prep.size, prep.size))
+    assert logits.shape == (1, len(classes))
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # float16 storage loads as float32
+    metrics = meta["metrics"]
+    assert metrics["final_epoch_reported"] is True and 0.1 < metrics["test_top1"] <= 1
+    if meta.get("arch_revision") is None:
+        assert meta["metrics"]["epochs"] <= 2, "only the early models predate the pooling fix"
+    card = path.with_suffix(".md").read_text()
+    assert card.startswith(f"# {path.stem}\n")
+    assert f"{100 * metrics['test_top1']:.2f}%" in card
+    readme = (ROOT / "checkpoints" / "README.md").read_text()
+    assert f"`{path.stem}`" in readme and f"{100 * metrics['test_top1']:.2f}%" in readme
+    assert "/root/" not in card and "/home/" not in card and "/work/" not in card  # no machine paths

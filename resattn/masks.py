@@ -17,6 +17,9 @@ From those per-image maps it derives
   - ``top20_share``: spatial concentration, the share of the map's mass Σ|m| held by its 20 % highest-|m|
     positions (0.2 for a flat map, 1 when everything sits in a fifth of the positions). |m| because channel
     attention (f2) gives values in [−1, 1]; for the sigmoid masks (mixed, spatial) |m| = m.
+  - ``centre_minus_border``: the mean over the middle half of each side (a quarter of the area) minus the mean
+    over the rest. Positive where the mask gives the centre, where photographers put the subject, more gain than
+    the border; NaN for maps smaller than 4×4, which have no such split.
 
 Module statistics are means over images of the per-image statistics (for ``mean`` that equals the mean over all
 positions of all images). ``--limit N`` takes N images *evenly spaced* through the split (folder and zip splits
@@ -66,10 +69,11 @@ __all__ = [
 #: How every mask is reduced over channels before it is stored.
 REDUCTION = "channel mean"
 #: The per-image / per-module statistics, in table order.
-STATISTICS: tuple[str, ...] = ("mean", "fraction_above_half", "top20_share")
+STATISTICS: tuple[str, ...] = ("mean", "fraction_above_half", "top20_share", "centre_minus_border")
 #: The share of positions whose mass ``top20_share`` measures.
 TOP_FRACTION = 0.2
-_STAT_LABELS = {"mean": "mean", "fraction_above_half": "frac > 0.5", "top20_share": "top-20% share"}
+_STAT_LABELS = {"mean": "mean", "fraction_above_half": "frac > 0.5", "top20_share": "top-20% share",
+                "centre_minus_border": "centre - border"}
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same data gives the same file bytes
 
 
@@ -139,6 +143,18 @@ def concentration(maps: np.ndarray, fraction: float = TOP_FRACTION) -> np.ndarra
         return np.where(total > 0, top.sum(axis=1) / total, np.nan)
 
 
+def centre_minus_border(maps: np.ndarray) -> np.ndarray:
+    """Mean of the central region (the middle half of each side) minus the mean of the rest, per N×h×w map."""
+    n, h, w = maps.shape
+    top, left = h // 4, w // 4
+    if top == 0 or left == 0:
+        return np.full(n, np.nan)
+    a = maps.astype(np.float64)
+    centre = a[:, top:h - top, left:w - left]
+    border_sum = a.sum(axis=(1, 2)) - centre.sum(axis=(1, 2))
+    return centre.mean(axis=(1, 2)) - border_sum / (h * w - centre.shape[1] * centre.shape[2])
+
+
 def image_statistics(maps: np.ndarray) -> dict[str, np.ndarray]:
     """The :data:`STATISTICS` of each N×h×w channel-mean map (float64, N each)."""
     flat = maps.reshape(len(maps), -1).astype(np.float64)
@@ -146,6 +162,7 @@ def image_statistics(maps: np.ndarray) -> dict[str, np.ndarray]:
         "mean": flat.mean(axis=1),
         "fraction_above_half": (flat > 0.5).mean(axis=1),
         "top20_share": concentration(maps),
+        "centre_minus_border": centre_minus_border(maps),
     }
 
 
@@ -315,7 +332,8 @@ def summary_table(masks: MaskSet) -> str:
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
     lines = [head, "  ".join(c.ljust(w) for c, w in zip(cols, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows]
-    lines.append(f"statistics: means over images; top-20% share of a flat map = {TOP_FRACTION:g}")
+    lines.append(f"statistics: means over images; top-20% share of a flat map = {TOP_FRACTION:g}; centre = the middle "
+                 "half of each side")
     return "\n".join(lines)
 
 

@@ -99,7 +99,24 @@ def test_statistics_equal_a_direct_computation(collected):
         np.testing.assert_allclose(stats["mean"], flat.mean(1), rtol=1e-12)
         np.testing.assert_allclose(stats["fraction_above_half"], (flat > 0.5).mean(1))
         np.testing.assert_allclose(stats["top20_share"], top, rtol=1e-12)
+        h, w = maps.shape[1:]
+        inner = np.zeros((h, w), bool)
+        inner[h // 4:h - h // 4, w // 4:w - w // 4] = True
+        expected = maps[:, inner].mean(1) - maps[:, ~inner].mean(1) if h >= 4 and w >= 4 else np.full(len(maps), np.nan)
+        np.testing.assert_allclose(stats["centre_minus_border"], expected, rtol=1e-9, atol=1e-12)
         assert collected.module_stats[name]["mean"] == pytest.approx(maps.mean(), rel=1e-9)
+
+
+def test_centre_minus_border_signs_and_small_maps():
+    centre_high = np.zeros((1, 8, 8))
+    centre_high[0, 2:6, 2:6] = 1.0  # exactly the central region: centre mean 1, border mean 0
+    assert M.centre_minus_border(centre_high)[0] == pytest.approx(1.0)
+    assert M.centre_minus_border(1 - centre_high)[0] == pytest.approx(-1.0)
+    assert M.centre_minus_border(np.full((2, 8, 8), 0.4)) == pytest.approx([0.0, 0.0])
+    odd = np.zeros((1, 5, 7))
+    odd[0, 1:4, 1:6] = 2.0  # 5×7: middle rows 1..3, columns 1..5
+    assert M.centre_minus_border(odd)[0] == pytest.approx(2.0)
+    assert np.isnan(M.centre_minus_border(np.ones((1, 2, 2)))[0])  # too small to split
 
 
 def test_concentration_limits_and_class_means_of_empty_classes():

@@ -22,8 +22,10 @@ THUMB = 112  # grid thumbnails are drawn at this side
 COLUMNS = 6
 PER_PAGE = 36
 STAT_NAMES = {"mean": "mean of the mask", "fraction_above_half": "fraction of positions > 0.5",
-              "top20_share": "share of mass in the top 20 % of positions"}
-STAT_SHORT = {"mean": "mean", "fraction_above_half": "frac>0.5", "top20_share": "top-20%"}
+              "top20_share": "share of mass in the top 20 % of positions",
+              "centre_minus_border": "centre (middle half of each side) minus border"}
+STAT_SHORT = {"mean": "mean", "fraction_above_half": "frac>0.5", "top20_share": "top-20%",
+              "centre_minus_border": "centre−border"}
 SORTS = {"position": "position in the split", "confidence": "confidence", **STAT_NAMES}
 FILTERS = {"all": "all", "correct": "correct only", "wrong": "wrong only"}
 CONTRASTS = {"fixed": "fixed natural scale", "stretch": "stretched (1st–99th pct. of all masks shown)"}

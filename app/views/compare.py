@@ -60,8 +60,11 @@ progress.empty()
 
 st.dataframe(rows, hide_index=True, column_config={
     "p(top-1)": st.column_config.NumberColumn(format="%.3f"),
-    "mean mask": st.column_config.NumberColumn(format="%.3f"),
-    "fraction > 0.5": st.column_config.NumberColumn(format="%.3f")})
+    "mean mask": st.column_config.NumberColumn(
+        format="%.3f", help="Mean of M over every channel and position of the stage's modules"),
+    "fraction > 0.5": st.column_config.NumberColumn(
+        format="%.3f", help="Share of M's entries (every channel and position) above 0.5; the channel-mean maps "
+                            "below average channels first, so few of their positions may exceed 0.5")})
 
 if thumbs:
     st.subheader(f"Stage {stage}, module 1: channel-mean mask per model")

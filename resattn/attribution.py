@@ -71,7 +71,10 @@ def _none(done: int, total: int) -> None:  # noqa: ARG001 - the default progress
 
 
 class _CopyPool:
-    """Deep copies of one shared model, handed out one per call and returned afterwards."""
+    """Deep copies of one shared model, handed out one per call and returned afterwards. A reused copy first takes
+    the shared model's current weights (a few milliseconds), so a model changed in place since the copy was made
+    (the sanity check's randomisation cascade re-initialises one copy block by block) is never explained with
+    stale weights."""
 
     def __init__(self) -> None:
         self.free: list[nn.Module] = []
@@ -84,10 +87,13 @@ class _CopyPool:
                 if on_wait is not None:
                     on_wait()
                 self.cond.wait_for(lambda: bool(self.free))
-            if self.free:
-                return self.free.pop()
-            self.made += 1
-        return copy.deepcopy(model).eval()
+            private = self.free.pop() if self.free else None
+            if private is None:
+                self.made += 1
+        if private is None:
+            return copy.deepcopy(model).eval()
+        private.load_state_dict(model.state_dict())
+        return private
 
     def release(self, private: nn.Module) -> None:
         with self.cond:

@@ -125,3 +125,20 @@ def test_guided_grad_cam_waits_only_when_every_private_copy_is_busy(model, x):
     assert result["map"].shape == (16, 16)
     for m in taken:
         pool.release(m)
+
+
+def test_guided_grad_cam_follows_weights_changed_in_place(x):
+    """A reused private copy takes the shared model's current weights: after an in-place change (as the sanity
+    check's randomisation cascade makes) Guided Grad-CAM equals that of a fresh copy, not the stale one."""
+    import copy
+
+    torch.manual_seed(2)
+    net = resattn.create_model("attention56_cifar", width_mult=0.25).eval()
+    before = attribution.guided_grad_cam(net, x, 3, stage=2)  # makes and returns one private copy
+    with torch.no_grad():
+        for p in net.stage(3).parameters():
+            p.mul_(-1.5)  # in place: the same tensors, new values
+    after = attribution.guided_grad_cam(net, x, 3, stage=2)  # reuses that copy
+    fresh = attribution.guided_grad_cam(copy.deepcopy(net).eval(), x, 3, stage=2)
+    assert not np.allclose(before, fresh)
+    np.testing.assert_allclose(after, fresh, rtol=1e-5, atol=1e-7)

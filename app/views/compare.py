@@ -16,18 +16,15 @@ CONTRASTS = {"shared_fixed": "one fixed scale for the row", "shared_stretch": "o
              "per_model": "stretched per model"}
 
 def _budget(entry: state.ModelEntry, meta: dict) -> str:
-    """What a model's training amounted to (data, epochs, final test accuracy): comparisons between models
-    mean something only at one budget, so the table says each model's."""
+    """What a model's training amounted to (epochs, final-epoch test accuracy): comparisons between models mean
+    something only at one budget, so the table says each model's."""
     if entry.random:
-        return "untrained (random)"
+        return "untrained"
     epochs = meta.get("epochs")
     top1 = (meta.get("metrics") or {}).get("test_top1")
-    parts = [str(meta.get("dataset") or "unknown data")]
-    if isinstance(epochs, (int, float)):
-        parts.append(f"{epochs:g} ep.")
-    if isinstance(top1, (int, float)):
-        parts.append(f"test {top1:.1%}")
-    return ", ".join(parts)
+    parts = [f"{epochs:g} ep." if isinstance(epochs, (int, float)) else "",
+             f"{top1:.1%} test" if isinstance(top1, (int, float)) else ""]
+    return ", ".join(p for p in parts if p) or "—"
 
 
 st.title("Compare models")
@@ -57,8 +54,8 @@ for number, entry in enumerate(entries, start=1):
     name = state.short_label(entry)
     row = {
         "model": name,
-        "attention": overrides.get("attention", "—" if not data.modules else "mixed"),
-        "learning": str(overrides.get("learning", "arl")).upper() if data.modules else "—",
+        "attention": (f"{overrides.get('attention', 'mixed')} {str(overrides.get('learning', 'arl')).upper()}"
+                      if data.modules else "none"),
         "trained": _budget(entry, meta),
         "top-1": classes[top] if top < len(classes) else f"class {top}",
         "p(top-1)": float(data.probs[top]),
@@ -75,9 +72,11 @@ for number, entry in enumerate(entries, start=1):
 progress.empty()
 
 st.dataframe(rows, hide_index=True, column_config={
-    "trained": st.column_config.TextColumn(help="Training data, epochs and final-epoch test top-1 from the checkpoint; "
-                                                "differences between models trained on different budgets are not "
-                                                "differences between their architectures"),
+    "attention": st.column_config.TextColumn(help="Attention type (mixed, channel, spatial) and learning rule "
+                                                  "(ARL: H = (1 + M)·T, NAL: H = M·T)"),
+    "trained": st.column_config.TextColumn(help="Epochs and final-epoch accuracy on the model's own test split, from "
+                                                "the checkpoint; differences between models trained on different "
+                                                "budgets are not differences between their architectures"),
     "p(top-1)": st.column_config.NumberColumn(format="%.3f"),
     "mean mask": st.column_config.NumberColumn(
         format="%.3f", help="Mean of M over every channel and position of the stage's modules"),

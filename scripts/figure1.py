@@ -51,8 +51,8 @@ def gallery_photo(word: str) -> tuple[bytes, str]:
     raise SystemExit(f"no gallery photo starts with {word!r}; gallery photos: {offered}")
 
 
-def figure(photo: bytes, photo_name: str, checkpoint: Path, out: Path, size: tuple[int, int] = (1600, 1300), module: str = "last",
-           contrast: str = "stretch") -> Path:
+def figure(photo: bytes, photo_name: str, checkpoint: Path, out: Path, size: tuple[int, int] = (1600, 1300),
+           module: str = "last", contrast: str = "stretch") -> Path:
     """Write the figure to ``out`` (PNG of exactly ``size`` pixels) and return the path."""
     import matplotlib
 
@@ -103,7 +103,8 @@ def figure(photo: bytes, photo_name: str, checkpoint: Path, out: Path, size: tup
             bar.ax.tick_params(labelsize=8)
             bar.set_label("stretched: 1st–99th pct." if scale.stretched else "fixed scale", fontsize=8)
     name = classes[top] if top < len(classes) else f"class {top}"
-    fig.suptitle(f"{meta.get('model')} ({Path(checkpoint).stem}): {photo_name}, predicted {name} (p = {float(probs[top]):.2f})",
+    fig.suptitle(f"{meta.get('model')} ({Path(checkpoint).stem}): {photo_name}, "
+                 f"predicted {name} (p = {float(probs[top]):.2f})",
                  fontsize=12)
     fig.tight_layout(rect=(0, 0, 1, 0.96))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -115,7 +116,8 @@ def figure(photo: bytes, photo_name: str, checkpoint: Path, out: Path, size: tup
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("photo", type=Path, nargs="?", help="an image file (PNG, JPEG, …)")
-    p.add_argument("--gallery", metavar="WORD", help="instead of PHOTO: the first gallery photo whose label starts with WORD")
+    p.add_argument("--gallery", metavar="WORD",
+                   help="instead of PHOTO: the first gallery photo whose label starts with WORD")
     p.add_argument("--checkpoint", type=Path, help="a resattn checkpoint (default: the photo model in checkpoints/)")
     p.add_argument("--out", type=Path, default=Path("figure1.png"), help="output PNG")
     p.add_argument("--size", default="1600x1300", help="output size in pixels, WIDTHxHEIGHT")

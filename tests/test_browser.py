@@ -1,10 +1,10 @@
 """Real browser: `streamlit run app/main.py` headless on 127.0.0.1, driven by Playwright with Debian's chromium.
 
-Uploads a photo (scikit-learn's china.jpg, a temple the photo model calls a church, shipped with the package), waits for the M/T/H panels and checks that
-the images really decoded, switches the stage, opens Attribution and compares the class the page names with the
-class in the exported manifest, switches to a model with other classes and compares again, and checks every page
-for horizontal overflow at 1280×800 and 1920×1080. Screenshots go to a temporary folder; ``make screenshots``
-points them at docs/ for the README.
+Uploads a photo (scikit-learn's china.jpg, a temple the photo model calls a church, shipped with the package),
+waits for the M/T/H panels and checks that the images really decoded, switches the stage, opens Attribution and
+compares the class the page names with the class in the exported manifest, switches to a model with other classes
+and compares again, and checks every page for horizontal overflow at 1280×800 and 1920×1080. Screenshots go to a
+temporary folder; ``make screenshots`` points them at docs/ for the README.
 """
 
 from __future__ import annotations

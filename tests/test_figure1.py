@@ -53,7 +53,8 @@ def test_figure_script_takes_a_gallery_photo_by_its_label(tmp_path):
                                                 "mean": [0.5] * 3, "std": [0.25] * 3})
     out = tmp_path / "hopper.png"
     proc = subprocess.run([sys.executable, "scripts/figure1.py", "--gallery", "grace", "--checkpoint", str(checkpoint),
-                           "--out", str(out), "--size", "800x600"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                           "--out", str(out), "--size", "800x600"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     with Image.open(out) as picture:
         assert picture.size == (800, 600)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -821,9 +822,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = train(config)
     finally:
-        if dist.is_initialized():
+        distributed = dist.is_initialized()
+        if distributed:
+            gc.collect()  # drop the DDP reducer's reference cycles so the group really goes now
             dist.destroy_process_group()
-    print(json.dumps(result))
+    print(json.dumps(result), flush=True)
+    if distributed:
+        # Every output is written and closed. Leave without interpreter teardown: gloo's worker threads
+        # can still be joinable when static destructors run, which aborts a finished rank with SIGABRT
+        # ("terminate called without an active exception"; seen once in CI after a successful run).
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 

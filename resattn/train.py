@@ -375,6 +375,9 @@ class Run:
     log: Callable[..., None]
     base_meta: dict[str, Any] | None = None
     session_start: int = 0
+    #: The current epoch's running totals (seen, loss_sum, correct_sum, elapsed) up to ``iteration``, kept in the
+    #: resume state so an epoch that spans a stop reports all of its images and seconds, not only the resumed part.
+    epoch_totals: dict[str, float] | None = None
 
     @property
     def num_epochs(self) -> int:
@@ -386,8 +389,10 @@ class Run:
         return x.contiguous(memory_format=torch.channels_last) if self.config.channels_last else x
 
     def save_state(self) -> None:
-        save_state(self.state_dir, self.model, self.optimizer, self.aug,
-                   {"iteration": self.iteration, "config": dataclasses.asdict(self.config)})
+        info: dict[str, Any] = {"iteration": self.iteration, "config": dataclasses.asdict(self.config)}
+        if self.epoch_totals is not None:
+            info["epoch_totals"] = self.epoch_totals
+        save_state(self.state_dir, self.model, self.optimizer, self.aug, info)
 
 
 #: Called on rank 0 after every epoch with the run and that epoch's metrics line.
@@ -489,9 +494,13 @@ def prepare(config: TrainConfig) -> Run:
                         + (f" per process × {runtime.world_size}" if runtime.world_size > 1 else ""))
     total = config.iterations or int(round(config.epochs * per_epoch))  # type: ignore[operator]
     state_dir = Path(config.state_dir)  # type: ignore[arg-type]
-    iteration = 0
+    iteration, epoch_totals = 0, None
     if config.resume and (state_dir / "state.safetensors").exists():
-        iteration = load_state(state_dir, model, optimizer, aug)["iteration"]
+        info = load_state(state_dir, model, optimizer, aug)
+        iteration = info["iteration"]
+        totals = info.get("epoch_totals")  # absent in state written before it was kept, and in multi-process runs
+        if isinstance(totals, dict) and totals.get("world_size") == runtime.world_size == 1:
+            epoch_totals = {k: float(v) for k, v in totals.items()}
         log(f"resumed from {state_dir} at iteration {iteration}")
     elif config.resume:
         log(f"--resume: no state in {state_dir}; starting from scratch")
@@ -508,7 +517,7 @@ def prepare(config: TrainConfig) -> Run:
         (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
     run = Run(config, runtime, model, train_module, optimizer, normalizer, train_data, test_data, batches, aug, frozen,
               prep, class_names(train_data.classes), small, noisy_fraction, total, per_epoch, iteration,
-              hardware(runtime), out, state_dir, log, base_meta, iteration)
+              hardware(runtime), out, state_dir, log, base_meta, iteration, epoch_totals)
     log(f"hardware: {run.hardware}; {len(train_data.labels)} train / {len(test_data.labels)} test images; "
         f"{total} iterations ({per_epoch} per epoch, {run.num_epochs} epochs)"
         + (f"; {noisy_fraction:.1%} of training labels replaced (label noise {config.label_noise})" if config.label_noise else "")
@@ -524,9 +533,16 @@ def train_epoch(run: Run, stop_requested: Callable[[], bool]) -> tuple[dict[str,
     run.model.train()
     for part in run.frozen:
         part.eval()
-    seen, t0 = 0, time.perf_counter()
+    seen, t0, before = 0, time.perf_counter(), 0.0
     correct_sum = torch.zeros((), device=runtime.device)
     loss_sum = torch.zeros((), device=runtime.device)
+    carried = run.epoch_totals if start_batch and run.epoch_totals else None
+    if carried is not None and int(carried["iteration"]) == run.iteration:  # the part of this epoch before a stop
+        seen, before = int(carried["seen"]), carried["elapsed"]
+        loss_sum += carried["loss_sum"]
+        correct_sum += carried["correct_sum"]
+    else:
+        carried = None
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.bf16 and runtime.device.type == "cuda")
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     show_bar = runtime.main and (config.progress == "bar" or (config.progress == "auto" and sys.stderr.isatty()))
@@ -567,6 +583,10 @@ def train_epoch(run: Run, stop_requested: Callable[[], bool]) -> tuple[dict[str,
                 bar.set_postfix(loss=f"{float(loss.detach()):.3f}", lr=f"{lr:.3g}")
         stop_now = stop_requested() or (config.stop_after is not None and run.iteration - run.session_start >= config.stop_after)
         if runtime.main and (run.iteration % config.save_every == 0 or stop_now):
+            # only a single process's totals are whole; a multi-process resume marks the epoch partial instead
+            run.epoch_totals = {"iteration": run.iteration, "world_size": runtime.world_size, "seen": seen,
+                                "loss_sum": float(loss_sum), "correct_sum": float(correct_sum),
+                                "elapsed": before + time.perf_counter() - t0}
             run.save_state()
         if stop_now:
             stopping = True
@@ -577,13 +597,14 @@ def train_epoch(run: Run, stop_requested: Callable[[], bool]) -> tuple[dict[str,
             break
     if bar is not None:
         bar.close()
-    elapsed = time.perf_counter() - t0
+    elapsed = before + time.perf_counter() - t0
+    run.epoch_totals = None  # the epoch ends here (or the run stops mid-epoch above, with its totals saved)
     if runtime.world_size > 1:
         for t in (loss_sum, correct_sum):
             dist.all_reduce(t)
         seen *= runtime.world_size
     stats = {"epoch": epoch + 1, "seen": seen, "loss_sum": float(loss_sum), "correct_sum": float(correct_sum),
-             "elapsed": elapsed, "partial": start_batch > 0}
+             "elapsed": elapsed, "partial": start_batch > 0 and carried is None}
     return stats, stopping
 
 

@@ -62,6 +62,10 @@ def card(run: Path, data: str, name: str, cache_dir: str | None, command: str | 
     params = resattn.count_params(model) / 1e6
     macs = resattn.count_macs(model, prep.size) / 1e9
     seconds = sum(m["epoch_seconds"] for m in metrics)
+    # an epoch resumed from state written before epoch totals were kept reports only its resumed part
+    partial = [m["epoch"] for m in metrics if m.get("partial_epoch")]
+    partial_text = (f"; epoch{'s' if len(partial) > 1 else ''} {', '.join(map(str, partial))} resumed from a stop "
+                    "count only the time after the resume" if partial else "")
     recorded = meta["metrics"]["test_top1"]
     if abs(recorded - result["top1"]) > (0.002 if half else 1e-9):
         raise SystemExit(f"evaluation gives {result['top1']:.4f}, the run recorded {recorded:.4f}: not writing a card")
@@ -98,7 +102,7 @@ def card(run: Path, data: str, name: str, cache_dir: str | None, command: str | 
         + ("conv/FC weights only" if recipe.get("weight_decay_scope") == "weights" else "every parameter")
         + f", label smoothing {recipe['label_smoothing']}; seed {meta['seed']} |",
         f"| budget | **{meta['epochs']:g} epochs** ({meta['metrics']['iterations']} iterations), {seconds:,.0f} s of "
-        f"training ({min(speeds):.0f}–{max(speeds):.0f} images/s), {meta['hardware']} |",
+        f"training{partial_text} ({min(speeds):.0f}–{max(speeds):.0f} images/s), {meta['hardware']} |",
         f"| result | **{100 * result['top1']:.2f}% final-epoch test top-1** (test loss {result['loss']:.3f}); "
         f"`python -m resattn.evaluate` on this file gives {result['top1']:.4f} |",
         f"| paper | {paper} |",

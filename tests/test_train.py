@@ -63,8 +63,13 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, datase
     assert stopped == {"stopped_at": 6}
     train(TrainConfig(**common, out=str(tmp_path / "b"), state_dir=str(tmp_path / "sb"), resume=True))
     # every epoch was evaluated exactly once across the three sittings
-    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
-    assert epochs == [1, 2]
+    lines_b = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines_b] == [1, 2]
+    # epoch 1 spanned the stop: its training statistics cover all six batches, as in the uninterrupted run
+    lines_a = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert not lines_b[0]["partial_epoch"]
+    for key in ("train_loss", "train_top1"):
+        assert lines_b[0][key] == pytest.approx(lines_a[0][key], abs=1e-5), key
     a, b = _final_weights(tmp_path / "a"), _final_weights(tmp_path / "b")
     assert a.keys() == b.keys()
     for key in a:

@@ -7,7 +7,7 @@ run resumably) or in a later sitting. Outputs and resume state live under ``--ro
 with its model card.
 
 The runs, their order and their budgets are those of the shipped set; a model card gives the command of its own run
-(the interim 15-epoch CIFAR mixed ARL model predates the set's 40-epoch budget).
+(the interim 40-epoch CIFAR mixed ARL model predates the set's 80-epoch budget).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import sys
 from pathlib import Path
 
 #: name -> (data key, training arguments). One recipe, seed and budget per family, so comparisons are fair.
-#: CIFAR budget: 15 epochs gave mixed ARL 86.73% (below issue 10's 90%, still underfitting: train accuracy under
-#: augmentation equalled test accuracy), so the set is trained for 40.
-CIFAR_FAST_40 = ["--model", "attention56_cifar", "--recipe", "fast", "--epochs", "40", "--seed", "0"]
+#: CIFAR budget: mixed ARL ended at 86.73% after 15 epochs and 89.11% after 40, both below issue 10's 90% (the
+#: error fell by about 0.87 per doubling of the epochs), so the set is trained for 80.
+CIFAR_FAST_80 = ["--model", "attention56_cifar", "--recipe", "fast", "--epochs", "80", "--seed", "0"]
 RUNS: dict[str, tuple[str, list[str]]] = {
     # the photo model (Imagenette): the paper's ImageNet topology (Table 2) at half width and 128 px crops, which
     # leaves CPU time for the CIFAR set (full width trains at ~17 img/s here, half width at ~50 img/s)
@@ -31,10 +31,10 @@ RUNS: dict[str, tuple[str, list[str]]] = {
         "--width-mult", "0.5", "--input-size", "128", "--crop-scale", "0.35", "--batch-size", "64", "--lr", "0.1",
         "--epochs", "40", "--seed", "0",
     ]),
-    "attention56_cifar_mixed_arl": ("cifar", CIFAR_FAST_40 + ["--attention", "mixed", "--learning", "arl"]),
-    "attention56_cifar_mixed_nal": ("cifar", CIFAR_FAST_40 + ["--attention", "mixed", "--learning", "nal"]),
-    "attention56_cifar_channel_arl": ("cifar", CIFAR_FAST_40 + ["--attention", "channel", "--learning", "arl"]),
-    "attention56_cifar_spatial_arl": ("cifar", CIFAR_FAST_40 + ["--attention", "spatial", "--learning", "arl"]),
+    "attention56_cifar_mixed_arl": ("cifar", CIFAR_FAST_80 + ["--attention", "mixed", "--learning", "arl"]),
+    "attention56_cifar_mixed_nal": ("cifar", CIFAR_FAST_80 + ["--attention", "mixed", "--learning", "nal"]),
+    "attention56_cifar_channel_arl": ("cifar", CIFAR_FAST_80 + ["--attention", "channel", "--learning", "arl"]),
+    "attention56_cifar_spatial_arl": ("cifar", CIFAR_FAST_80 + ["--attention", "spatial", "--learning", "arl"]),
 }
 
 

@@ -65,7 +65,7 @@ def card(run: Path, data: str, name: str, cache_dir: str | None, command: str | 
     # an epoch resumed from state written before epoch totals were kept reports only its resumed part
     partial = [m["epoch"] for m in metrics if m.get("partial_epoch")]
     partial_text = (f"; epoch{'s' if len(partial) > 1 else ''} {', '.join(map(str, partial))} resumed from a stop "
-                    "count only the time after the resume" if partial else "")
+                    f"count{'' if len(partial) > 1 else 's'} only the time after the resume" if partial else "")
     recorded = meta["metrics"]["test_top1"]
     if abs(recorded - result["top1"]) > (0.002 if half else 1e-9):
         raise SystemExit(f"evaluation gives {result['top1']:.4f}, the run recorded {recorded:.4f}: not writing a card")

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
 import json
 import math
 import os
@@ -845,7 +844,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         distributed = dist.is_initialized()
         if distributed:
-            gc.collect()  # drop the DDP reducer's reference cycles so the group really goes now
             dist.destroy_process_group()
     print(json.dumps(result), flush=True)
     if distributed:

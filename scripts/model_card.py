@@ -62,7 +62,8 @@ def card(run: Path, data: str, name: str, cache_dir: str | None, command: str | 
     params = resattn.count_params(model) / 1e6
     macs = resattn.count_macs(model, prep.size) / 1e9
     seconds = sum(m["epoch_seconds"] for m in metrics)
-    # an epoch resumed from state written before epoch totals were kept reports only its resumed part
+    # an epoch resumed from state written before epoch totals were kept, or resumed in a multi-process run,
+    # reports only its resumed part
     partial = [m["epoch"] for m in metrics if m.get("partial_epoch")]
     partial_text = (f"; epoch{'s' if len(partial) > 1 else ''} {', '.join(map(str, partial))} resumed from a stop "
                     f"count{'' if len(partial) > 1 else 's'} only the time after the resume" if partial else "")

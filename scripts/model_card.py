@@ -23,19 +23,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import resattn  # noqa: E402
+import resattn.paper  # noqa: E402
 from resattn.evaluate import evaluate_checkpoint  # noqa: E402
 from resattn.preprocess import Preprocessing  # noqa: E402
 
-#: The paper's figure for each shipped variant (error → accuracy), where it has one.
-PAPER = {
-    ("attention56_cifar", "mixed", "arl"): "94.48% (Table 1: 5.52% error)",
-    ("attention56_cifar", "channel", "arl"): "93.76% (Table 1: 6.24% error)",
-    ("attention56_cifar", "spatial", "arl"): "93.67% (Table 1: 6.33% error)",
-    ("attention56_cifar", "mixed", "nal"): "94.11% (Table 3: 5.89% error)",
-    ("attention92_cifar", "mixed", "arl"): "95.01% (Table 3: 4.99% error)",
-    ("attention56_imagenet", "mixed", "arl"): "78.24% top-1 on ImageNet-1k at 224 px, full width (Table 7); "
-                                              "not comparable with a 10-class subset",
-}
+def paper_text(meta: dict) -> str:
+    """The paper's figure for the checkpoint's variant (error → accuracy), with a caveat where its data differ."""
+    result = resattn.paper.paper_result(*resattn.paper.variant(meta))
+    if result is None:
+        return "–"
+    if result.dataset == "ImageNet-1k":
+        return (f"{result.accuracy:.2f}% top-1 on ImageNet-1k at 224 px, full width ({result.table}); "
+                "not comparable with a 10-class subset")
+    return result.describe()
 
 
 def _sha256(path: Path) -> str:
@@ -74,7 +74,7 @@ def card(run: Path, data: str, name: str, cache_dir: str | None, command: str | 
                "training)" if half else "float32 storage")
     learning_text = "attention residual learning, H = (1 + M)·T" if learning == "arl" else "naive attention learning, H = M·T"
     width = f", width ×{overrides['width_mult']}" if overrides.get("width_mult", 1.0) != 1.0 else ""
-    paper = PAPER.get((meta["model"], attention, learning), "–")
+    paper = paper_text(meta)
     per_class = ", ".join(f"{c} {100 * a:.1f}" for c, a in result["per_class"].items())
     curve = ", ".join(f"{m['epoch']}: {100 * m['test_top1']:.2f}" for m in metrics)
     speeds = [m["images_per_s"] for m in metrics]

@@ -42,6 +42,7 @@ def test_a_short_run_learns_and_writes_its_outputs(tmp_path, dataset):
     model, meta = resattn.load_checkpoint(out / "model.safetensors")
     assert meta["classes"] == ["cat", "dog", "frog"] and meta["input_size"] == 16
     assert meta["metrics"]["test_top1"] == result["test_top1"] and meta["label_noise"] == 0.0
+    assert meta["metrics"]["test_images"] == lines[-1]["test_images"] == 12  # 3 classes × 4 test images
     assert meta["recipe"]["recipe"] == "fast" and "CPU" in meta["hardware"] and meta["seed"] == 0
     assert len(meta["mean"]) == 3 and len(meta["std"]) == 3
     assert str(tmp_path) not in json.dumps(meta)  # no local paths in a checkpoint that may be shipped

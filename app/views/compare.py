@@ -1,5 +1,6 @@
-"""Compare: one image, one stage, every available model side by side, with the mask statistics the paper discusses
-and the quantity of its Fig. 4 (the mean absolute output of each stage)."""
+"""Compare: one image, one stage, every available model side by side, with the mask statistics the paper discusses,
+the checkpoints' accuracies against the paper's Tables 1, 3 and 4, and the quantity of its Fig. 4 (the mean
+absolute output of each stage)."""
 
 import time
 
@@ -10,7 +11,7 @@ import streamlit as st
 import components
 import resattn
 import state
-from resattn import maps
+from resattn import maps, paper
 
 CONTRASTS = {"shared_fixed": "one fixed scale for the row", "shared_stretch": "one stretched scale for the row",
              "per_model": "stretched per model"}
@@ -108,6 +109,35 @@ if thumbs:
     else:
         st.caption("Each thumbnail is stretched to its own 1st–99th percentile (its own colorbar): compare shapes, "
                    "not values.")
+
+st.subheader("The paper's Tables 1, 3 and 4 with these checkpoints")
+trained = {state.short_label(e): e.meta for e in entries if not e.random and not e.error}
+summary = paper.summary_rows(trained)
+if summary:
+    st.dataframe(summary, hide_index=True, column_config={
+        "epochs": st.column_config.NumberColumn(format="%g"),
+        "test error (%)": st.column_config.NumberColumn(
+            format="%.2f", help="Final-epoch top-1 error on the model's test split, from the checkpoint"),
+        "paper error (%)": st.column_config.NumberColumn(
+            format="%.2f", help="The paper's top-1 error for this variant (empty where its dataset differs)")})
+pairs = paper.contrasts(trained)
+if pairs:
+    st.dataframe([{"table": r.contrast.table, "comparison": r.contrast.question, "better in the paper": r.a,
+                   "other": r.b, "paper gap": r.contrast.paper_gap(), "gap here": r.gap, "verdict": r.verdict()}
+                  for r in pairs], hide_index=True, column_config={
+        "paper gap": st.column_config.NumberColumn(
+            format="%.2f", help="The paper's error of the other variant minus that of the better one (points)"),
+        "gap here": st.column_config.NumberColumn(
+            format="%.2f", help="The same difference between these two checkpoints' final-epoch test errors "
+                                "(positive: the same order as the paper)")})
+    st.caption("Two checkpoints are comparable only when everything but the variant matches: data, recipe, epochs, "
+               "architecture revision. Test-set noise is two standard errors of the gap, √(p₁(1−p₁)/n + "
+               "p₂(1−p₂)/n), over n test images, counted as independent (both models see the same images, so it "
+               "overstates this part). Seed-to-seed spread is not in it: with one seed per variant a gap beyond "
+               "it is a hint, not evidence about the architectures. The paper's Attention-56 gaps are 0.37–0.96 points.")
+else:
+    st.info("No two trained CIFAR-10 checkpoints here differ the way one of the paper's comparisons does "
+            "(mixed / channel / spatial attention, ARL / NAL, hourglass / local mask).")
 
 st.subheader("The paper's Fig. 4: mean absolute output of each stage")
 st.markdown("The mean of |x| over the output of each stage (after its last unit), for every model including the "

@@ -1,0 +1,230 @@
+"""The paper's reported results, and how a set of checkpoints measures up to its comparisons.
+
+The figures are those of Wang et al. (CVPR 2017, arXiv v1): Table 1 (mask activations), Table 3 (attention residual
+learning against naive attention learning), Table 4 (mask structure) and Table 7 (ImageNet). :func:`contrasts` puts
+checkpoints side by side the way those tables do, and says when two of them can be compared at all (one training
+budget) and how large a difference the test set alone can resolve.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+__all__ = ["PaperResult", "Contrast", "ContrastRow", "RESULTS", "CONTRASTS", "paper_result", "variant", "contrasts",
+           "test_images", "budget_key", "summary_rows"]
+
+
+@dataclass(frozen=True)
+class PaperResult:
+    """One reported figure: the top-1 error (%) of a network variant on a dataset, and the table it comes from."""
+
+    model: str
+    attention: str
+    learning: str
+    mask: str
+    dataset: str
+    error: float
+    table: str
+
+    @property
+    def accuracy(self) -> float:
+        """Top-1 accuracy in percent."""
+        return 100.0 - self.error
+
+    def describe(self) -> str:
+        """e.g. ``94.48% (Table 1: 5.52% error)``."""
+        return f"{self.accuracy:.2f}% ({self.table}: {self.error:.2f}% error)"
+
+
+#: Every figure the paper reports for a variant this package builds. Attention-56 mixed ARL with the hourglass
+#: mask (5.52%) appears in Tables 1, 3 and 4; it is listed once, under Table 1.
+RESULTS: tuple[PaperResult, ...] = (
+    PaperResult("attention56_cifar", "mixed", "arl", "hourglass", "CIFAR-10", 5.52, "Table 1"),
+    PaperResult("attention56_cifar", "channel", "arl", "hourglass", "CIFAR-10", 6.24, "Table 1"),
+    PaperResult("attention56_cifar", "spatial", "arl", "hourglass", "CIFAR-10", 6.33, "Table 1"),
+    PaperResult("attention56_cifar", "mixed", "nal", "hourglass", "CIFAR-10", 5.89, "Table 3"),
+    PaperResult("attention56_cifar", "mixed", "arl", "local", "CIFAR-10", 6.48, "Table 4"),
+    PaperResult("attention92_cifar", "mixed", "arl", "hourglass", "CIFAR-10", 4.99, "Table 3"),
+    PaperResult("attention92_cifar", "mixed", "nal", "hourglass", "CIFAR-10", 5.35, "Table 3"),
+    PaperResult("attention128_cifar", "mixed", "arl", "hourglass", "CIFAR-10", 4.44, "Table 3"),
+    PaperResult("attention128_cifar", "mixed", "nal", "hourglass", "CIFAR-10", 5.57, "Table 3"),
+    PaperResult("attention164_cifar", "mixed", "arl", "hourglass", "CIFAR-10", 4.31, "Table 3"),
+    PaperResult("attention164_cifar", "mixed", "nal", "hourglass", "CIFAR-10", 7.18, "Table 3"),
+    PaperResult("attention56_imagenet", "mixed", "arl", "hourglass", "ImageNet-1k", 21.76, "Table 7"),
+)
+
+Variant = tuple[str, str, str, str]  # (model, attention, learning, mask)
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    """A metadata field that should be a mapping, or an empty one (metadata comes from files of any origin)."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def variant(meta: Mapping[str, Any]) -> Variant:
+    """(model, attention, learning, mask) of a checkpoint's metadata, with the package defaults filled in."""
+    overrides = _mapping(meta.get("overrides"))
+    return (str(meta.get("model", "?")), str(overrides.get("attention", "mixed")),
+            str(overrides.get("learning", "arl")), str(overrides.get("mask", "hourglass")))
+
+
+def paper_result(model: str, attention: str = "mixed", learning: str = "arl",
+                 mask: str = "hourglass") -> PaperResult | None:
+    """The paper's figure for this variant, or ``None`` where it reports none."""
+    for result in RESULTS:
+        if (result.model, result.attention, result.learning, result.mask) == (model, attention, learning, mask):
+            return result
+    return None
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """A comparison the paper makes: variant ``a`` (its better one) against ``b``, all else equal."""
+
+    table: str
+    question: str
+    model: str
+    a: tuple[str, str, str]  # (attention, learning, mask)
+    b: tuple[str, str, str]
+
+    def paper_gap(self) -> float | None:
+        """The paper's error of ``b`` minus that of ``a``, in points (positive: ``a`` is better)."""
+        first, second = paper_result(self.model, *self.a), paper_result(self.model, *self.b)
+        return None if first is None or second is None else round(second.error - first.error, 2)
+
+
+CONTRASTS: tuple[Contrast, ...] = tuple(
+    Contrast(table, question, model, a, b)
+    for model in ("attention56_cifar", "attention92_cifar", "attention128_cifar", "attention164_cifar")
+    for table, question, a, b in (
+        ("Table 1", "mixed vs channel attention", ("mixed", "arl", "hourglass"), ("channel", "arl", "hourglass")),
+        ("Table 1", "mixed vs spatial attention", ("mixed", "arl", "hourglass"), ("spatial", "arl", "hourglass")),
+        ("Table 3", "ARL vs NAL", ("mixed", "arl", "hourglass"), ("mixed", "nal", "hourglass")),
+        ("Table 4", "hourglass vs local mask", ("mixed", "arl", "hourglass"), ("mixed", "arl", "local")),
+    )
+    if paper_result(model, *a) is not None and paper_result(model, *b) is not None
+)
+
+#: Recipe fields that do not change what a run learns (paths, devices, bookkeeping), that name the variant itself, or
+#: the seed (runs with different seeds are an equally fair comparison).
+_NOT_BUDGET = {"attention", "learning", "mask", "data", "device", "threads", "resume", "save_every", "compile",
+               "probe", "bf16", "channels_last", "eval_batch_size", "stop_after", "classes", "seed"}
+
+
+def budget_key(meta: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """What must match for two checkpoints to be a fair comparison: dataset, architecture revision, epochs, label
+    noise and every training setting of the recipe except the variant's own (attention, learning rule, mask)."""
+    recipe = {k: v for k, v in _mapping(meta.get("recipe")).items() if k not in _NOT_BUDGET}
+    fields = {**recipe, "dataset": meta.get("dataset"), "arch_revision": meta.get("arch_revision", 1),
+              "epochs": meta.get("epochs"), "label_noise": meta.get("label_noise", 0.0),
+              "init_from": _mapping(meta.get("init_from")).get("checkpoint")}
+    return tuple(sorted((k, repr(v)) for k, v in fields.items()))
+
+
+_CIFAR10_TEST = 10_000
+
+
+def test_images(meta: Mapping[str, Any]) -> int | None:
+    """How many test images the checkpoint's accuracy was measured on: recorded by the trainer, or the whole
+    CIFAR-10 test split (10,000 images) for older CIFAR-10 checkpoints trained without a test limit."""
+    recorded = _mapping(meta.get("metrics")).get("test_images")
+    if isinstance(recorded, int) and recorded > 0:
+        return recorded
+    recipe = _mapping(meta.get("recipe"))
+    if str(meta.get("dataset", "")).lower().startswith("cifar10") and recipe.get("test_limit") is None:
+        return _CIFAR10_TEST
+    return None
+
+
+def _top1(meta: Mapping[str, Any]) -> float | None:
+    value = _mapping(meta.get("metrics")).get("test_top1")
+    return float(value) if isinstance(value, (int, float)) and 0 <= value <= 1 else None
+
+
+@dataclass(frozen=True)
+class ContrastRow:
+    """One of the paper's comparisons between two checkpoints (``a``: the variant the paper finds better)."""
+
+    contrast: Contrast
+    a: str
+    b: str
+    error_a: float  # percent
+    error_b: float
+    comparable: bool
+    reason: str  # why not comparable, or ""
+    noise: float | None  # two standard errors of the gap from test-set sampling alone, in points
+
+    @property
+    def gap(self) -> float:
+        """Error of ``b`` minus error of ``a``, in points (positive: agrees in sign with the paper)."""
+        return self.error_b - self.error_a
+
+    def verdict(self) -> str:
+        """What the gap says, in words that stay true for one seed per variant."""
+        if not self.comparable:
+            return f"not comparable: {self.reason}"
+        if self.noise is None:
+            return "test-set size unknown: cannot say how large a gap is noise"
+        if abs(self.gap) < self.noise:
+            return f"within test-set noise (|gap| < {self.noise:.2f} points)"
+        side = "same direction as the paper" if self.gap > 0 else "opposite direction to the paper"
+        return f"{side}, beyond test-set noise; one seed each, so not yet evidence about the architectures"
+
+
+def _difference(meta_a: Mapping[str, Any], meta_b: Mapping[str, Any]) -> str:
+    """Why two checkpoints' budgets differ, briefly ("" if they match)."""
+    key_a, key_b = dict(budget_key(meta_a)), dict(budget_key(meta_b))
+    differing = sorted(k for k in key_a.keys() | key_b.keys() if key_a.get(k) != key_b.get(k))
+    if not differing:
+        return ""
+    if "epochs" in differing:
+        epochs = [meta.get("epochs") for meta in (meta_a, meta_b)]
+        if all(isinstance(e, (int, float)) for e in epochs):
+            return f"different budgets ({epochs[0]:g} vs {epochs[1]:g} epochs)"
+        return "different budgets"
+    return "different training settings (" + ", ".join(differing[:4]) + ("…" if len(differing) > 4 else "") + ")"
+
+
+def contrasts(checkpoints: Mapping[str, Mapping[str, Any]]) -> list[ContrastRow]:
+    """The paper's comparisons (Tables 1, 3 and 4) among ``checkpoints`` (name → metadata): one row for every
+    pair of trained checkpoints on CIFAR-10 that differ the way a comparison does.
+
+    ``noise`` is twice the standard error of the gap between two accuracies measured on n test images each,
+    treated as independent samples, √(p_a(1−p_a)/n + p_b(1−p_b)/n). Both are measured on the same images, so the
+    true sampling error of the gap is smaller; seed-to-seed spread, which one seed per variant cannot measure,
+    comes on top.
+    """
+    trained = {name: meta for name, meta in checkpoints.items()
+               if _top1(meta) is not None and str(meta.get("dataset", "")).lower().startswith("cifar10")}
+    rows = []
+    for contrast in CONTRASTS:
+        firsts = [n for n, m in trained.items() if variant(m) == (contrast.model, *contrast.a)]
+        seconds = [n for n, m in trained.items() if variant(m) == (contrast.model, *contrast.b)]
+        for name_a in firsts:
+            for name_b in seconds:
+                meta_a, meta_b = trained[name_a], trained[name_b]
+                p_a, p_b = _top1(meta_a), _top1(meta_b)
+                assert p_a is not None and p_b is not None
+                reason = _difference(meta_a, meta_b)
+                n_a, n_b = test_images(meta_a), test_images(meta_b)
+                noise = (None if not n_a or not n_b else
+                         200 * math.sqrt(p_a * (1 - p_a) / n_a + p_b * (1 - p_b) / n_b))
+                rows.append(ContrastRow(contrast, name_a, name_b, 100 * (1 - p_a), 100 * (1 - p_b),
+                                        comparable=not reason, reason=reason, noise=noise))
+    return rows
+
+
+def summary_rows(checkpoints: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per checkpoint the paper reports a figure for: its final-epoch test error beside the paper's."""
+    rows = []
+    for name, meta in checkpoints.items():
+        top1, result = _top1(meta), paper_result(*variant(meta))
+        if top1 is None or result is None:
+            continue
+        same_data = result.dataset == "CIFAR-10" and str(meta.get("dataset", "")).lower().startswith("cifar10")
+        rows.append({"checkpoint": name, "epochs": meta.get("epochs"), "test error (%)": 100 * (1 - top1),
+                     "paper error (%)": result.error if same_data else None,
+                     "paper table": result.table if same_data else f"{result.table} ({result.dataset}; not comparable)"})
+    return rows

@@ -1,0 +1,100 @@
+"""resattn.paper: the paper's figures, and its comparisons among checkpoints (which pairs are comparable, how large a
+gap test-set noise explains, what the verdict says)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from resattn import paper
+
+RECIPE = {"recipe": "fast", "model": "attention56_cifar", "epochs": 80.0, "lr": 0.2, "batch_size": 128, "seed": 0,
+          "attention": "mixed", "learning": "arl", "threads": 2, "data": "somewhere/cifar10-jpeg.zip"}
+
+
+def meta(attention="mixed", learning="arl", top1=0.9, mask="hourglass", **changes):
+    """CIFAR-10 checkpoint metadata as the trainer writes it; ``changes`` update the recipe (or top-level keys)."""
+    recipe = {**RECIPE, "attention": attention, "learning": learning, "mask": mask}
+    top = {k: changes.pop(k) for k in ("dataset", "arch_revision") if k in changes}
+    recipe.update(changes)
+    return {"model": "attention56_cifar", "dataset": top.get("dataset", "cifar10-jpeg"),
+            "arch_revision": top.get("arch_revision", 2), "epochs": recipe["epochs"],
+            "overrides": {"attention": attention, "learning": learning, "mask": mask},
+            "metrics": {"test_top1": top1}, "recipe": recipe}
+
+
+def test_figures_are_the_papers_tables():
+    assert paper.paper_result("attention56_cifar").error == 5.52
+    assert paper.paper_result("attention56_cifar", "channel").error == 6.24
+    assert paper.paper_result("attention56_cifar", "spatial").error == 6.33
+    assert paper.paper_result("attention56_cifar", "mixed", "nal").error == 5.89
+    assert paper.paper_result("attention56_cifar", "mixed", "arl", "local").error == 6.48
+    assert paper.paper_result("attention164_cifar", "mixed", "nal").error == 7.18
+    assert paper.paper_result("attention56_cifar", "channel", "nal") is None  # the paper has no such figure
+    assert paper.paper_result("attention56_cifar").describe() == "94.48% (Table 1: 5.52% error)"
+    # in every comparison the paper's first variant is its better one
+    gaps = {(c.model, c.question): c.paper_gap() for c in paper.CONTRASTS}
+    assert gaps[("attention56_cifar", "mixed vs channel attention")] == 0.72
+    assert gaps[("attention56_cifar", "ARL vs NAL")] == 0.37
+    assert gaps[("attention164_cifar", "ARL vs NAL")] == 2.87
+    assert all(g > 0 for g in gaps.values()) and len(gaps) == 7
+
+
+def test_one_budget_is_comparable_and_the_verdict_follows_the_gap_and_the_noise():
+    # two accuracies near 90% on 10,000 images each: 2 SE = 200·√(2·0.09/10⁴) ≈ 0.85 points
+    close = paper.contrasts({"arl": meta(top1=0.905), "nal": meta(learning="nal", top1=0.90)})
+    (row,) = close
+    assert row.contrast.question == "ARL vs NAL" and (row.a, row.b) == ("arl", "nal") and row.comparable
+    assert row.gap == pytest.approx(0.5)
+    assert row.noise == pytest.approx(200 * math.sqrt(0.905 * 0.095 / 1e4 + 0.9 * 0.1 / 1e4))
+    assert row.verdict().startswith("within test-set noise")
+    (far,) = paper.contrasts({"arl": meta(top1=0.92), "nal": meta(learning="nal", top1=0.90)})
+    assert far.verdict().startswith("same direction as the paper") and "one seed" in far.verdict()
+    (flipped,) = paper.contrasts({"arl": meta(top1=0.90), "nal": meta(learning="nal", top1=0.92)})
+    assert flipped.gap == pytest.approx(-2.0) and flipped.verdict().startswith("opposite direction")
+    # a different seed is an equally fair comparison; anything else that changes training is not
+    (seeded,) = paper.contrasts({"arl": meta(), "nal": meta(learning="nal", seed=1)})
+    assert seeded.comparable
+
+
+@pytest.mark.parametrize("changes, reason", [
+    ({"epochs": 2.0}, "different budgets (80 vs 2 epochs)"),
+    ({"lr": 0.1}, "different training settings (lr)"),
+    ({"arch_revision": 1}, "different training settings (arch_revision)"),
+])
+def test_different_training_is_not_comparable(changes, reason):
+    (row,) = paper.contrasts({"mixed": meta(), "spatial": meta(attention="spatial", **changes)})
+    assert not row.comparable and row.reason == reason and row.verdict() == f"not comparable: {reason}"
+
+
+def test_every_comparison_among_a_full_set_and_nothing_from_other_data_or_untrained_models():
+    metas = {"mixed_arl": meta(), "channel_arl": meta("channel"), "spatial_arl": meta("spatial"),
+             "mixed_nal": meta(learning="nal"), "local": meta(mask="local"),
+             "photo": {**meta(), "dataset": "imagenette"}, "untrained": {**meta("channel"), "metrics": {}}}
+    rows = paper.contrasts(metas)
+    assert [(r.contrast.table, r.b) for r in rows] == [
+        ("Table 1", "channel_arl"), ("Table 1", "spatial_arl"), ("Table 3", "mixed_nal"), ("Table 4", "local")]
+    assert all(r.a == "mixed_arl" and r.comparable for r in rows)
+
+
+def test_test_set_size_recorded_or_known_and_otherwise_unknown():
+    assert paper.test_images({**meta(), "metrics": {"test_top1": 0.9, "test_images": 2000}}) == 2000
+    assert paper.test_images(meta()) == 10_000  # an older CIFAR-10 checkpoint: the whole test split
+    limited = meta(test_limit=500)
+    assert paper.test_images(limited) is None
+    (row,) = paper.contrasts({"arl": limited, "nal": meta(learning="nal", test_limit=500)})
+    assert row.noise is None and row.verdict().startswith("test-set size unknown")
+
+
+def test_summary_and_malformed_metadata():
+    rows = paper.summary_rows({"a": meta(top1=0.8911), "photo": {**meta(), "model": "attention56_imagenet",
+                                                                "dataset": "imagenette"}})
+    assert rows[0]["test error (%)"] == pytest.approx(10.89) and rows[0]["paper error (%)"] == 5.52
+    assert rows[1]["paper error (%)"] is None and "not comparable" in rows[1]["paper table"]
+    odd = {"model": "attention56_cifar", "dataset": "cifar10", "recipe": "test", "overrides": None,
+           "metrics": {"test_top1": 0.5}, "init_from": "x"}
+    assert paper.variant(odd) == ("attention56_cifar", "mixed", "arl", "hourglass")
+    (row,) = paper.contrasts({"odd": odd, "nal": meta(learning="nal")})
+    assert not row.comparable
+    assert paper.contrasts({"a": {"metrics": "nonsense"}, "b": {}}) == []

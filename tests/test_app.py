@@ -348,10 +348,9 @@ def test_compare_page_puts_a_comparable_pair_beside_the_papers_table_3(tmp_path,
     at = at.switch_page("views/compare.py").run()
     no_exceptions(at)
     (pair,) = at.dataframe[2].value.to_dict("records")
-    assert (pair["table"], pair["comparison"], pair["better in the paper"], pair["other"]) == (
-        "Table 3", "ARL vs NAL", "mixed_arl", "mixed_nal")
+    assert (pair["comparison"], pair["checkpoints"]) == ("Table 3: ARL vs NAL", "arl vs nal")
     assert pair["paper gap"] == pytest.approx(0.37) and pair["gap here"] == pytest.approx(2.0)
-    assert pair["verdict"].startswith("same direction as the paper, beyond test-set noise")
+    assert pair["verdict"].startswith("same order as the paper, beyond test-set noise")
     assert any("Seed-to-seed spread is not in it" in c.value for c in at.caption)
 
 

@@ -2,6 +2,7 @@
 the checkpoints' accuracies against the paper's Tables 1, 3 and 4, and the quantity of its Fig. 4 (the mean
 absolute output of each stage)."""
 
+import os
 import time
 
 import numpy as np
@@ -119,17 +120,25 @@ if summary:
         "test error (%)": st.column_config.NumberColumn(
             format="%.2f", help="Final-epoch top-1 error on the model's test split, from the checkpoint"),
         "paper error (%)": st.column_config.NumberColumn(
-            format="%.2f", help="The paper's top-1 error for this variant (empty where its dataset differs)")})
+            format="%.2f", help="The paper's CIFAR-10 top-1 error for this variant, from the table named beside it")})
 pairs = paper.contrasts(trained)
 if pairs:
-    st.dataframe([{"table": r.contrast.table, "comparison": r.contrast.question, "better in the paper": r.a,
-                   "other": r.b, "paper gap": r.contrast.paper_gap(), "gap here": r.gap, "verdict": r.verdict()}
+    # the checkpoints' names without the part they all share (e.g. "attention56_cifar_"), so the verdict fits
+    names = [n for r in pairs for n in (r.a, r.b)]
+    common = os.path.commonprefix(names)
+    common = common[: common.rfind("_") + 1]
+    st.dataframe([{"comparison": f"{r.contrast.table}: {r.contrast.question}",
+                   "checkpoints": f"{r.a[len(common):]} vs {r.b[len(common):]}", "paper gap": r.contrast.paper_gap(),
+                   "gap here": r.gap, "verdict": r.verdict()}
                   for r in pairs], hide_index=True, column_config={
+        "checkpoints": st.column_config.TextColumn(
+            help="The paper's better variant first" + (f"; names without their shared prefix {common}" if common else "")),
         "paper gap": st.column_config.NumberColumn(
-            format="%.2f", help="The paper's error of the other variant minus that of the better one (points)"),
+            format="%.2f", help="The paper's error of the second variant minus that of the first (points)"),
         "gap here": st.column_config.NumberColumn(
             format="%.2f", help="The same difference between these two checkpoints' final-epoch test errors "
-                                "(positive: the same order as the paper)")})
+                                "(positive: the same order as the paper)"),
+        "verdict": st.column_config.TextColumn(width="large")})
     st.caption("Two checkpoints are comparable only when everything but the variant matches: data, recipe, epochs, "
                "architecture revision. Test-set noise is two standard errors of the gap, √(p₁(1−p₁)/n + "
                "p₂(1−p₂)/n), over n test images, counted as independent (both models see the same images, so it "

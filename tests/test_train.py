@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +23,11 @@ from .test_data import make_tree, zip_tree
 TINY = dict(model="attention56_cifar", width_mult=0.125, batch_size=8, eval_batch_size=16, threads=1, progress="none")
 
 
+def read_metrics(out: Path) -> list[dict]:
+    """The per-epoch lines a run appended to ``out/metrics.jsonl``."""
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
@@ -32,7 +38,7 @@ def dataset(tmp_path_factory):
 def test_a_short_run_learns_and_writes_its_outputs(tmp_path, dataset):
     out = tmp_path / "run"
     result = train(TrainConfig(**TINY, data=str(dataset), epochs=6, lr=0.05, out=str(out), state_dir=str(tmp_path / "state")))
-    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    lines = read_metrics(out)
     assert [m["epoch"] for m in lines] == [1, 2, 3, 4, 5, 6]
     assert {"train_loss", "train_top1", "test_loss", "test_top1", "lr", "images_per_s", "epoch_seconds"} <= set(lines[0])
     assert lines[-1]["train_loss"] < lines[0]["train_loss"]
@@ -64,10 +70,10 @@ def test_interrupted_and_resumed_run_ends_with_the_same_weights(tmp_path, datase
     assert stopped == {"stopped_at": 6}
     train(TrainConfig(**common, out=str(tmp_path / "b"), state_dir=str(tmp_path / "sb"), resume=True))
     # every epoch was evaluated exactly once across the three sittings
-    lines_b = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    lines_b = read_metrics(tmp_path / "b")
     assert [m["epoch"] for m in lines_b] == [1, 2]
     # epoch 1 spanned the stop: its training statistics cover all six batches, as in the uninterrupted run
-    lines_a = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    lines_a = read_metrics(tmp_path / "a")
     assert not lines_b[0]["partial_epoch"]
     for key in ("train_loss", "train_top1"):
         assert lines_b[0][key] == pytest.approx(lines_a[0][key], abs=1e-5), key
@@ -108,7 +114,7 @@ def test_torchrun_with_two_gloo_processes(tmp_path, dataset):
            "--out", str(out), "--state-dir", str(tmp_path / "state")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    metrics = read_metrics(out)
     assert len(metrics) == 1  # written once, by rank 0
     # 48 training images, 2 processes × batch 4 → 6 iterations in the epoch
     assert metrics[0]["iteration"] == 6
@@ -130,7 +136,7 @@ def test_evaluate_cli_prints_json(tmp_path, dataset):
     confusion = torch.tensor(result["confusion"])
     assert confusion.shape == (3, 3) and confusion.sum() == 12
     assert result["top1"] == pytest.approx(confusion.diag().sum().item() / 12)
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    metrics = read_metrics(out)
     assert result["top1"] == pytest.approx(metrics[-1]["test_top1"])
 
 
@@ -140,7 +146,7 @@ def test_label_noise_is_applied_reported_and_kept_off_the_test_split(tmp_path, d
     clean = resattn.data.load_split(str(dataset), "train").labels
     expected = float((resattn.data.label_noise(clean, 0.5, 3, seed=0) != clean).float().mean())
     assert 0.2 < expected < 0.8
-    line = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    line = read_metrics(out)[-1]
     assert line["noisy_label_fraction"] == pytest.approx(expected)
     assert result["noisy_label_fraction"] == pytest.approx(expected)
     # test labels stay clean: the trainer's final test accuracy is what evaluation on the clean split measures
@@ -192,7 +198,7 @@ def test_distributed_evaluation_counts_every_test_image(tmp_path):
     out = tmp_path / "ddp"
     _torchrun(2, ["--data", str(data), "--model", "attention56_cifar", "--width-mult", "0.125", "--epochs", "1",
                   "--batch-size", "4", "--out", str(out), "--state-dir", str(tmp_path / "s")])
-    line = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    line = read_metrics(out)[-1]
     assert line["test_images"] == 15
     # and the distributed figure is the single-process one
     assert evaluate_checkpoint(str(out / "model.safetensors"), str(data))["top1"] == pytest.approx(line["test_top1"])

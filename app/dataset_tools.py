@@ -265,7 +265,7 @@ def collect_chunk(model_key: str, dataset_key: str, split: str, limit: int, chun
     decoded = Decoded(batch, torch.tensor(labels, dtype=torch.int64), list(_meta.get("classes") or []), dataset_key)
     result = masks.collect_masks(_model, _meta, decoded, batch_size=CHUNK, channels_last=False)
     out.update(modules=result.modules, masks=result.masks, labels=result.labels, predictions=result.predictions,
-               confidence=result.confidence, info=result.meta)
+               confidence=result.confidence, stage_response=result.stage_response, info=result.meta)
     return out
 
 
@@ -298,6 +298,7 @@ def collect(model_key: str, dataset_key: str, split: str, limit: int, model: tor
         np.concatenate([p["labels"] for p in used]), np.concatenate([p["predictions"] for p in used]),
         np.concatenate([p["confidence"] for p in used]), np.concatenate([p["positions"] for p in used]),
         meta={**used[0]["info"], "split": source.split, "total_in_split": total},
+        stage_response=np.concatenate([p["stage_response"] for p in used]),
     ).derive()
     return DatasetMasks(result, np.concatenate([p["pictures"] for p in used]),
                         [n for p in used for n in p["names"]], total, skipped, seconds)

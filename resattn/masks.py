@@ -21,6 +21,11 @@ From those per-image maps it derives
     over the rest. Positive where the mask gives the centre, where photographers put the subject, more gain than
     the border; NaN for maps smaller than 4×4, which have no such split.
 
+It also keeps, per image, the mean absolute output of each stage (``stage_response``): the quantity of the paper's
+Fig. 4, where the response under naive attention learning collapses after stage 2 while attention residual
+learning keeps it. Its mean over a dataset is a measurement of that claim; the explorer's Compare page shows it
+for one image.
+
 Module statistics are means over images of the per-image statistics (for ``mean`` that equals the mean over all
 positions of all images). ``--limit N`` takes N images *evenly spaced* through the split (folder and zip splits
 are sorted by class, so the first N would be one or two classes); the positions used are stored as ``index``.
@@ -98,6 +103,7 @@ class MaskSet:
     image_stats: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     module_stats: dict[str, dict[str, float]] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)  # provenance: checkpoint, data, split, attention, ...
+    stage_response: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))  # N×S mean |output|
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -204,6 +210,7 @@ def collect_masks(
     modules: list[str] = []
     predictions = np.zeros(n, np.int64)
     confidence = np.zeros(n, np.float32)
+    response: np.ndarray | None = None
     starts = range(0, n, batch_size)
     if progress:
         from tqdm import tqdm
@@ -221,6 +228,10 @@ def collect_masks(
             stop = start + len(chosen)
             predictions[start:stop] = pred.cpu().numpy()
             confidence[start:stop] = conf.cpu().numpy()
+            if response is None:
+                response = np.zeros((n, len(trace.stage_outputs)), np.float32)
+            for s, output in enumerate(trace.stage_outputs):  # Fig. 4: mean |output| of each stage, per image
+                response[start:stop, s] = output.float().abs().mean(dim=(1, 2, 3)).cpu().numpy()
             for record in trace.modules:
                 reduced = record.mask.float().mean(dim=1).cpu().numpy()
                 if record.name not in masks:
@@ -232,7 +243,8 @@ def collect_masks(
     info = {"reduction": REDUCTION, "attention": attention, "model": meta.get("model"), "images": n,
             "statistics": list(STATISTICS), "top_fraction": TOP_FRACTION}
     return MaskSet(classes, modules, masks, decoded.labels[torch.from_numpy(idx)].numpy().astype(np.int64),
-                   predictions, confidence, idx, meta=info).derive()
+                   predictions, confidence, idx, meta=info,
+                   stage_response=np.zeros((n, 0), np.float32) if response is None else response).derive()
 
 
 def _attention_of(model: nn.Module) -> str | None:
@@ -276,7 +288,7 @@ def _arrays(masks: MaskSet) -> dict[str, np.ndarray]:
         "meta": np.array(json.dumps({**masks.meta, "classes": masks.classes, "modules": masks.modules},
                                     sort_keys=True)),
         "labels": masks.labels, "predictions": masks.predictions, "confidence": masks.confidence,
-        "index": masks.index, "class_counts": masks.class_counts,
+        "index": masks.index, "class_counts": masks.class_counts, "stage_response": masks.stage_response,
     }
     for name in masks.modules:
         out[f"mask/{name}"] = masks.masks[name]
@@ -289,7 +301,8 @@ def _arrays(masks: MaskSet) -> dict[str, np.ndarray]:
 def save_npz(path: str | os.PathLike[str], masks: MaskSet) -> None:
     """Write ``masks`` as a compressed ``.npz`` (readable with ``np.load(path)``, no pickles), atomically and
     byte-for-byte reproducibly. Keys: ``meta`` (JSON), ``labels``, ``predictions``, ``confidence``, ``index``,
-    ``class_counts``, ``mask/<module>``, ``class_mean/<module>``, ``stat/<module>/<statistic>``."""
+    ``class_counts``, ``stage_response`` (N×stages), ``mask/<module>``, ``class_mean/<module>``,
+    ``stat/<module>/<statistic>``."""
     path = os.fspath(path)
     tmp = path + ".tmp"
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
@@ -305,13 +318,16 @@ def save_npz(path: str | os.PathLike[str], masks: MaskSet) -> None:
 
 
 def load_npz(path: str | os.PathLike[str] | io.BytesIO) -> MaskSet:
-    """Read a file written by :func:`save_npz` (never unpickles); module statistics are recomputed."""
+    """Read a file written by :func:`save_npz` (never unpickles); module statistics are recomputed. Files written
+    before the stage responses were kept load with an N×0 ``stage_response``."""
     with np.load(path, allow_pickle=False) as z:
         info = json.loads(str(z["meta"].reshape(-1)[0]))
         modules = list(info.pop("modules"))
         classes = list(info.pop("classes"))
+        response = (z["stage_response"] if "stage_response" in z.files
+                    else np.zeros((len(z["labels"]), 0), np.float32))
         result = MaskSet(classes, modules, {n: z[f"mask/{n}"] for n in modules}, z["labels"], z["predictions"],
-                         z["confidence"], z["index"], meta=info)
+                         z["confidence"], z["index"], meta=info, stage_response=response)
     return result.derive()
 
 
@@ -334,6 +350,10 @@ def summary_table(masks: MaskSet) -> str:
     lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows]
     lines.append(f"statistics: means over images; top-20% share of a flat map = {TOP_FRACTION:g}; centre = the middle "
                  "half of each side")
+    if masks.stage_response.size:
+        means = masks.stage_response.mean(axis=0)
+        lines.append("mean |stage output| (the paper's Fig. 4), mean over images: "
+                     + ", ".join(f"stage {s} {v:.4f}" for s, v in enumerate(means, start=1)))
     return "\n".join(lines)
 
 

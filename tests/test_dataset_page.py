@@ -94,6 +94,12 @@ def test_grid_shows_every_image_with_its_mask_scale_and_the_models_own_predictio
         truth = name.split("/")[1]
         guess = meta["classes"][int(p.argmax())]
         assert f" · {truth} → {guess} " in caption and f"p {float(p.max()):.2f}" in caption, (caption, name)
+    # the paper's Fig. 4 quantity over these images: each stage's mean |output|, averaged over the 12 files
+    with zipfile.ZipFile(dataset) as zf:
+        traces = [resattn.inspect(model, prep(load_image(zf.read(n), n))) for n in files]
+    stages = np.mean([[float(s.abs().mean()) for s in t.stage_outputs] for t in traces], axis=0)
+    line = next(m.value for m in at.markdown if "the quantity of the paper's Fig. 4" in m.value)
+    assert ", ".join(f"stage {s} **{v:.3f}**" for s, v in enumerate(stages, start=1)) in line
 
 
 def test_sorting_and_filtering_change_the_order_and_the_count(app):

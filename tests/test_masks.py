@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 import resattn
+from resattn import maps
 from resattn import masks as M
 from resattn.data import load_split
 
@@ -49,14 +50,15 @@ def _direct(checkpoint, dataset):
     decoded = load_split(dataset, "test", 32, crop=32)
     x = resattn.preprocess.Preprocessing.from_meta(meta).normalize(decoded.images)
     per_module: dict[str, list[np.ndarray]] = {}
-    logits = []
+    logits, responses = [], []
     for i in range(len(x)):
         trace = resattn.inspect(model, x[i : i + 1])
         logits.append(trace.logits[0])
+        responses.append([maps.mean_abs_response(s[0]) for s in trace.stage_outputs])
         for record in trace.modules:
             per_module.setdefault(record.name, []).append(record.mask[0].mean(0).numpy())
     probs = torch.softmax(torch.stack(logits), 1)
-    return {k: np.stack(v) for k, v in per_module.items()}, probs, decoded.labels.numpy()
+    return {k: np.stack(v) for k, v in per_module.items()}, probs, decoded.labels.numpy(), np.array(responses)
 
 
 def test_shapes_and_per_image_values(collected):
@@ -78,8 +80,11 @@ def test_shapes_and_per_image_values(collected):
 
 
 def test_batched_pass_equals_one_image_at_a_time(collected, checkpoint, dataset):
-    masks, probs, labels = _direct(checkpoint, dataset)
+    masks, probs, labels, responses = _direct(checkpoint, dataset)
     assert np.array_equal(collected.labels, labels)
+    # Fig. 4's quantity per image and stage: what the Compare page computes for one image
+    assert collected.stage_response.shape == (12, 3) and (collected.stage_response > 0).all()
+    np.testing.assert_allclose(collected.stage_response, responses, rtol=1e-4)
     assert np.array_equal(collected.predictions, probs.argmax(1).numpy())
     np.testing.assert_allclose(collected.confidence, probs.max(1).values.numpy(), atol=1e-5)
     for name, direct in masks.items():
@@ -143,6 +148,8 @@ def test_cli_writes_npz_and_png_deterministically(tmp_path, checkpoint, dataset,
         outs.append((out, png))
     printed = capsys.readouterr().out
     assert "stage2.module1" in printed and "top-20% share" in printed and "6 images" in printed
+    means = collected.stage_response[::2].mean(0)  # the six images the CLI took
+    assert f"mean |stage output| (the paper's Fig. 4), mean over images: stage 1 {means[0]:.4f}" in printed
     assert outs[0][0].read_bytes() == outs[1][0].read_bytes()  # byte-identical output
     loaded = M.load_npz(outs[0][0])
     assert loaded.index.tolist() == [0, 2, 4, 6, 8, 10] and loaded.class_counts.tolist() == [2, 2, 2]
@@ -165,5 +172,18 @@ def test_save_and_load_round_trip(tmp_path, collected):
         assert np.array_equal(loaded.masks[name], collected.masks[name])
         assert np.array_equal(loaded.class_means[name], collected.class_means[name])
     assert np.array_equal(loaded.confidence, collected.confidence)
+    assert np.array_equal(loaded.stage_response, collected.stage_response)
     assert loaded.module_stats == collected.module_stats
     assert "stage3.module1" in M.summary_table(loaded)
+
+
+def test_files_from_before_stage_responses_still_load(tmp_path, collected):
+    path = tmp_path / "old.npz"
+    M.save_npz(path, collected)
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files if k != "stage_response"}
+    older = tmp_path / "older.npz"
+    np.savez_compressed(older, **arrays)
+    loaded = M.load_npz(older)
+    assert loaded.stage_response.shape == (12, 0)
+    assert "Fig. 4" not in M.summary_table(loaded) and "stage3.module1" in M.summary_table(loaded)

@@ -132,7 +132,8 @@ if pairs:
                    "gap here": r.gap, "verdict": r.verdict()}
                   for r in pairs], hide_index=True, column_config={
         "checkpoints": st.column_config.TextColumn(
-            help="The paper's better variant first" + (f"; names without their shared prefix {common}" if common else "")),
+            help="The paper's better variant first"
+                 + (f"; names without their shared prefix {common}" if common else "")),
         "paper gap": st.column_config.NumberColumn(
             format="%.2f", help="The paper's error of the second variant minus that of the first (points)"),
         "gap here": st.column_config.NumberColumn(
@@ -143,7 +144,8 @@ if pairs:
                "architecture revision. Test-set noise is two standard errors of the gap, √(p₁(1−p₁)/n + "
                "p₂(1−p₂)/n), over n test images, counted as independent (both models see the same images, so it "
                "overstates this part). Seed-to-seed spread is not in it: with one seed per variant a gap beyond "
-               "it is a hint, not evidence about the architectures. The paper's Attention-56 gaps are 0.37–0.96 points.")
+               "it is a hint, not evidence about the architectures. The paper's Attention-56 gaps are 0.37–0.96 "
+               "points.")
 else:
     st.info("No two trained CIFAR-10 checkpoints here differ the way one of the paper's comparisons does "
             "(mixed / channel / spatial attention, ARL / NAL, hourglass / local mask).")

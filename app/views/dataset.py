@@ -147,6 +147,11 @@ with st.expander("Mask statistics of every module over these images"):
                  hide_index=True)
     st.caption("Each statistic is computed per image on the channel-mean mask at the module's own resolution, "
                "then averaged over images. A flat map has a top-20 % share of 0.2.")
+    if ms.stage_response.size:
+        st.markdown("Mean |output| of each stage over these images, the quantity of the paper's Fig. 4 (where it "
+                    "collapses after stage 2 under NAL for Attention-164): "
+                    + ", ".join(f"stage {s} **{v:.3f}**" for s, v in enumerate(ms.stage_response.mean(0), start=1))
+                    + ".")
 
 # ------------------------------------------------------------------------------------------------ grid
 st.subheader(f"Stage {choice.stage}, module {choice.index}: each image with its soft mask")

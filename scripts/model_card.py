@@ -1,9 +1,11 @@
 """Write a shipped checkpoint's model card from its run: ``python scripts/model_card.py --help``.
 
     python scripts/model_card.py RUN_DIR --data path/to/data.zip --name attention56_cifar_mixed_arl
+    python scripts/model_card.py --zoo attention56_cifar_mixed_nal --data path/to/cifar10-jpeg.zip --half
 
 ``RUN_DIR`` is a training run's output folder (``model.safetensors``, ``metrics.jsonl``, ``config.json``; what
-``scripts/train_zoo.py`` leaves under ``~/.cache/resattn/zoo/NAME``). The script copies the checkpoint to
+``scripts/train_zoo.py`` leaves under ``~/.cache/resattn/zoo/NAME``; ``--zoo NAME`` takes that folder, the name and
+the card's training command from ``train_zoo.py``). The script copies the checkpoint to
 ``checkpoints/NAME.safetensors``, evaluates that copy with ``python -m resattn.evaluate``'s function on the test
 split (so the card's accuracy is what anyone reproduces), counts parameters and MACs, and writes
 ``checkpoints/NAME.md`` with the recipe, the budget (epochs, training seconds from the metrics, hardware), the
@@ -24,6 +26,9 @@ sys.path.insert(0, str(ROOT))
 
 import resattn  # noqa: E402
 import resattn.paper  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import train_zoo  # noqa: E402
 from resattn.evaluate import evaluate_checkpoint  # noqa: E402
 from resattn.preprocess import Preprocessing  # noqa: E402
 
@@ -124,15 +129,24 @@ def card(run: Path, data: str, name: str, cache_dir: str | None, command: str | 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("run", type=Path, help="the training run's output folder")
+    p.add_argument("run", type=Path, nargs="?", help="the training run's output folder")
+    p.add_argument("--zoo", choices=sorted(train_zoo.RUNS),
+                   help="a run of scripts/train_zoo.py: its folder under --zoo-root, its name and its command")
+    p.add_argument("--zoo-root", type=Path, default=Path("~", ".cache", "resattn", "zoo"), help="train_zoo's --root")
     p.add_argument("--data", required=True, help="the dataset (folder or zip) to evaluate on")
-    p.add_argument("--name", required=True, help="the checkpoint's name in checkpoints/")
+    p.add_argument("--name", help="the checkpoint's name in checkpoints/ (with --zoo: the run's name)")
     p.add_argument("--cache-dir", help="decoded-data cache")
     p.add_argument("--command", help="the training command line to print in the card")
     p.add_argument("--notes", type=Path, help="a Markdown file whose text is appended to the card")
     p.add_argument("--out-dir", type=Path, default=ROOT / "checkpoints", help="where the checkpoint and card go")
     p.add_argument("--half", action="store_true", help="store the weights in float16 (half the file)")
     args = p.parse_args(argv)
+    if args.zoo:
+        args.run = args.run or args.zoo_root.expanduser() / args.zoo
+        args.name = args.name or args.zoo
+        args.command = args.command or train_zoo.card_command(args.zoo)
+    if args.run is None or args.name is None:
+        p.error("give RUN_DIR and --name, or --zoo NAME")
     import torch
 
     torch.set_num_threads(1)

@@ -46,6 +46,18 @@ def command(name: str, data: str, root: Path, cache_dir: str, threads: int | Non
     return cmd + (["--threads", str(threads)] if threads else [])
 
 
+#: The placeholder a model card prints for each data source (cards name no machine's paths).
+CARD_DATA = {"cifar": "path/to/cifar10-jpeg.zip", "imagenette": "path/to/imagenette-224.zip"}
+
+
+def card_command(name: str) -> str:
+    """Run ``name``'s training command as its model card prints it: what ``main`` runs, with a placeholder data
+    path and a relative output folder."""
+    kind, args = RUNS[name]
+    return " ".join(["python -m resattn.train", *args, "--data", CARD_DATA[kind], "--cache-dir",
+                     "~/.cache/resattn/data", "--out", f"runs/{name}", "--resume"])
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--cifar", help="CIFAR-10 source: 'cifar10' (torchvision), a folder or cifar10-jpeg.zip")

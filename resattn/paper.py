@@ -198,9 +198,9 @@ def contrasts(checkpoints: Mapping[str, Mapping[str, Any]]) -> list[ContrastRow]
     pair of trained checkpoints on CIFAR-10 that differ the way a comparison does.
 
     ``noise`` is twice the standard error of the gap between two accuracies measured on n test images each,
-    treated as independent samples, √(p_a(1−p_a)/n + p_b(1−p_b)/n). Both are measured on the same images, so the
-    true sampling error of the gap is smaller; seed-to-seed spread, which one seed per variant cannot measure,
-    comes on top.
+    treated as independent samples, √(p_a(1−p_a)/n + p_b(1−p_b)/n). Both are measured on the same images; where
+    the two models' mistakes overlap, as they usually do, the true sampling error of the gap is smaller.
+    Seed-to-seed spread, which one seed per variant cannot measure, comes on top.
     """
     trained = {name: meta for name, meta in checkpoints.items() if _top1(meta) is not None and _is_cifar10(meta)}
     rows = []

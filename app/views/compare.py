@@ -142,8 +142,9 @@ if pairs:
         "verdict": st.column_config.TextColumn(width="large")})
     st.caption("Two checkpoints are comparable only when everything but the variant matches: data, recipe, epochs, "
                "architecture revision. Test-set noise is two standard errors of the gap, √(p₁(1−p₁)/n + "
-               "p₂(1−p₂)/n), over n test images, counted as independent (both models see the same images, so it "
-               "overstates this part). Seed-to-seed spread is not in it: with one seed per variant a gap beyond "
+               "p₂(1−p₂)/n), over n test images, counted as independent (both models see the same images; where "
+               "their mistakes fall on the same images, as they usually do, the true figure is smaller). "
+               "Seed-to-seed spread is not in it: with one seed per variant a gap beyond "
                "it is a hint, not evidence about the architectures. The paper's Attention-56 gaps are 0.37–0.96 "
                "points.")
 else:

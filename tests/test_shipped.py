@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import resattn
+from resattn import paper
 from resattn.preprocess import Preprocessing
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,3 +46,14 @@ def test_a_shipped_checkpoint_is_complete_and_its_card_agrees(path: Path):
     readme = (ROOT / "checkpoints" / "README.md").read_text()
     assert f"`{path.stem}`" in readme and f"{100 * metrics['test_top1']:.2f}%" in readme
     assert "/root/" not in card and "/home/" not in card and "/work/" not in card  # no machine paths
+
+
+def test_the_cifar_set_shares_one_recipe_seed_and_budget():
+    """Issue 10: the CIFAR-10 checkpoints trained after the pooling fix differ only in their variant, so the Compare
+    page can put them side by side as the paper's Tables 1 and 3 do (older, revision-1 files are excluded)."""
+    metas = [resattn.read_meta(p) for p in SHIPPED]
+    current = [m for m in metas if str(m.get("dataset", "")).startswith("cifar10") and m.get("arch_revision")]
+    assert current, "no CIFAR-10 checkpoint of the current architecture revision"
+    assert len({paper.budget_key(m) for m in current}) == 1, [m.get("epochs") for m in current]
+    assert len({m["seed"] for m in current}) == 1
+    assert len({paper.variant(m) for m in current}) == len(current)  # one checkpoint per variant

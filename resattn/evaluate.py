@@ -3,6 +3,11 @@
 Prints JSON: top-1, mean loss, per-class accuracy, the confusion matrix (rows: true class, columns: predicted)
 and the number of images. Every image goes through :class:`resattn.preprocess.Preprocessing` built from the
 checkpoint's metadata, the same path the explorer uses.
+
+``--compare OTHER`` also evaluates a second checkpoint on the same images and adds a paired comparison
+(:func:`paired_comparison`): how many images only one of the two gets right, the accuracy gap with its paired
+standard error, and McNemar's exact test. Two models tested on the same images make correlated mistakes, so this
+resolves smaller gaps than two independent accuracies would; it still says nothing about seed-to-seed spread.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import argparse
 import json
 import os
 
+import numpy as np
 import torch
 
 from .checkpoint import load_checkpoint
@@ -18,10 +24,11 @@ from .data import DataError, Decoded, Normalizer, load_split
 from .preprocess import Preprocessing
 from .train import Runtime, evaluate_model
 
-__all__ = ["evaluate_checkpoint", "evaluation_data", "main"]
+__all__ = ["compare_checkpoints", "evaluate_checkpoint", "evaluation_data", "paired_comparison", "main"]
 
 
-def evaluation_data(meta: dict, data: str, split: str = "test", cache_dir: str | None = None) -> tuple[Decoded, Normalizer]:
+def evaluation_data(meta: dict, data: str, split: str = "test",
+                    cache_dir: str | None = None) -> tuple[Decoded, Normalizer]:
     """A split decoded as the checkpoint's :class:`Preprocessing` prescribes (resize, centre crop) and the
     normaliser to apply to it; refuses data whose classes are not the checkpoint's."""
     prep = Preprocessing.from_meta(meta)
@@ -40,8 +47,10 @@ def evaluate_checkpoint(
     cache_dir: str | None = None,
     limit: int | None = None,
     device: str = "auto",
+    keep_predictions: bool = False,
 ) -> dict:
-    """Load ``checkpoint`` safely and evaluate it on ``split`` of ``data``; returns the metrics dict."""
+    """Load ``checkpoint`` safely and evaluate it on ``split`` of ``data``; returns the metrics dict (with
+    ``keep_predictions``, also every image's ``predictions`` and ``labels``, in split order)."""
     model, meta = load_checkpoint(checkpoint)
     dev = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
     model = model.to(dev).to(memory_format=torch.channels_last)
@@ -49,10 +58,65 @@ def evaluate_checkpoint(
     if limit is not None:
         decoded.images, decoded.labels = decoded.images[:limit], decoded.labels[:limit]
     normalizer = normalizer.to(dev)
-    result = evaluate_model(model, decoded, normalizer, Runtime(dev), batch_size, num_classes=len(decoded.classes))
+    result = evaluate_model(model, decoded, normalizer, Runtime(dev), batch_size, num_classes=len(decoded.classes),
+                            keep_predictions=keep_predictions)
     names = meta.get("classes", decoded.classes)
     result["per_class"] = dict(zip(names, result["per_class"].values()))
+    if keep_predictions:
+        result["labels"] = decoded.labels.tolist()
     return {"checkpoint": os.path.basename(checkpoint), "data": os.path.basename(data), "split": split, **result}
+
+
+def paired_comparison(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
+    """Compare two models' per-image correctness on the same images (booleans, one per image).
+
+    Returns the counts of the 2×2 table (``both``, ``only_a``, ``only_b``, ``neither``), the gap in top-1
+    (a − b, in points), its paired standard error 100·√(n₁₀ + n₀₁ − (n₁₀ − n₀₁)²/n) / n, and McNemar's exact
+    two-sided p-value: under "no difference" the images only one model gets right fall to either side with
+    probability ½ (a binomial test on the discordant pairs; 1 when there are none).
+    """
+    from scipy.stats import binomtest
+
+    a, b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
+    if a.shape != b.shape or a.ndim != 1 or not len(a):
+        raise ValueError(f"need two equal, non-empty per-image vectors, got {a.shape} and {b.shape}")
+    n = len(a)
+    only_a, only_b = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    discordant = only_a + only_b
+    p = 1.0 if discordant == 0 else float(binomtest(only_a, discordant, 0.5).pvalue)
+    return {
+        "images": n, "both": int(np.sum(a & b)), "only_a": only_a, "only_b": only_b, "neither": int(np.sum(~a & ~b)),
+        "gap_points": 100.0 * (only_a - only_b) / n,
+        "gap_se_points": 100.0 * float(np.sqrt(max(discordant - (only_a - only_b) ** 2 / n, 0.0))) / n,
+        "mcnemar_p": p,
+    }
+
+
+def compare_checkpoints(
+    checkpoint: str,
+    other: str,
+    data: str,
+    split: str = "test",
+    batch_size: int = 256,
+    cache_dir: str | None = None,
+    limit: int | None = None,
+    device: str = "auto",
+) -> dict:
+    """Evaluate two checkpoints on the same images (each with its own preprocessing) and compare them per image:
+    both evaluations (without confusion matrices) and :func:`paired_comparison` (``a`` is ``checkpoint``)."""
+    results, correct, labels = [], [], []
+    for path in (checkpoint, other):
+        result = evaluate_checkpoint(path, data, split, batch_size, cache_dir, limit, device, keep_predictions=True)
+        predictions = np.asarray(result.pop("predictions"))
+        truth = np.asarray(result.pop("labels"))
+        result.pop("confusion")
+        results.append(result)
+        correct.append(predictions == truth)
+        labels.append(truth)
+    if not np.array_equal(labels[0], labels[1]):
+        raise DataError(f"{os.path.basename(checkpoint)} and {os.path.basename(other)} do not see the same labelled "
+                        f"images of {os.path.basename(data)} (different classes or class order)")
+    return {"a": results[0], "b": results[1], "paired": paired_comparison(correct[0], correct[1])}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,9 +129,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-dir", help="cache decoded datasets here")
     p.add_argument("--limit", type=int, help="evaluate only the first N images")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="evaluation device")
+    p.add_argument("--compare", metavar="OTHER", help="a second checkpoint: evaluate it on the same images and "
+                                                       "compare the two per image (McNemar's exact test)")
     args = p.parse_args(argv)
-    result = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.batch_size,
-                                 os.path.expanduser(args.cache_dir) if args.cache_dir else None, args.limit, args.device)
+    cache_dir = os.path.expanduser(args.cache_dir) if args.cache_dir else None
+    if args.compare:
+        result = compare_checkpoints(args.checkpoint, args.compare, args.data, args.split, args.batch_size, cache_dir,
+                                     args.limit, args.device)
+    else:
+        result = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.batch_size, cache_dir, args.limit,
+                                     args.device)
     print(json.dumps(result, indent=2))
     return 0
 

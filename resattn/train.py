@@ -269,12 +269,17 @@ def evaluate_model(
     channels_last: bool = True,
     bf16: bool = True,
     num_classes: int | None = None,
+    keep_predictions: bool = False,
 ) -> dict[str, Any]:
-    """Top-1, mean loss, per-class accuracy and confusion matrix of ``model`` on a decoded split (all ranks)."""
+    """Top-1, mean loss, per-class accuracy and confusion matrix of ``model`` on a decoded split (all ranks);
+    with ``keep_predictions`` (single process only) also every image's predicted class, in split order."""
     model.eval()
     k = num_classes or len(data.classes)
     confusion = torch.zeros(k, k, dtype=torch.int64, device=runtime.device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=runtime.device)
+    if keep_predictions and runtime.world_size > 1:
+        raise ValueError("keep_predictions needs a single process (each rank sees only its share of the split)")
+    predictions: list[Tensor] = []
     batches = BatchIterator(data, batch_size, shuffle=False, rank=runtime.rank, world_size=runtime.world_size)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and runtime.device.type == "cuda")
     for images, labels in batches.epoch(0):
@@ -286,6 +291,8 @@ def evaluate_model(
             logits = model(x)
         loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").double()
         confusion += torch.bincount(labels * k + logits.argmax(1), minlength=k * k).view(k, k)
+        if keep_predictions:
+            predictions.append(logits.argmax(1).cpu())
     if runtime.world_size > 1:
         dist.all_reduce(confusion)
         dist.all_reduce(loss_sum)
@@ -298,6 +305,7 @@ def evaluate_model(
         "per_class": {name: round(acc, 6) for name, acc in zip(data.classes, per_class)},
         "confusion": confusion.cpu().tolist(),
         "images": total,
+        **({"predictions": torch.cat(predictions).tolist() if predictions else []} if keep_predictions else {}),
     }
 
 

@@ -650,8 +650,8 @@ def end_epoch(run: Run, stats: dict[str, Any], callbacks: Sequence[EpochCallback
 def finish(run: Run, metrics: dict[str, Any]) -> dict[str, Any]:
     """Write the final checkpoint (rank 0); its metadata carries the final epoch's test accuracy."""
     config = run.config
-    final = {"test_top1": metrics["test_top1"], "test_loss": metrics["test_loss"], "test_images": metrics.get("test_images"),
-             "train_top1": metrics["train_top1"],
+    final = {"test_top1": metrics["test_top1"], "test_loss": metrics["test_loss"],
+             "test_images": metrics.get("test_images"), "train_top1": metrics["train_top1"],
              "epochs": run.total / run.per_epoch, "iterations": run.total, "label_noise": config.label_noise,
              "noisy_label_fraction": run.noisy_fraction, "final_epoch_reported": True}
     if run.runtime.main:

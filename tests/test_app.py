@@ -362,6 +362,9 @@ def test_learn_page_equations_architecture_path_and_knockout(app):
     assert "unverified" in warning and "no padding" in warning
     text = "\n".join(m.value for m in at.markdown)
     assert "M(x) ∈ [−1, 1]" in text and "[0, 2] for channel attention" in text
+    assert "Attention-56 ARL 5.52, NAL 5.89; Attention-92 ARL 4.99, NAL 5.35" in text
+    assert "Attention-164 ARL 4.31, NAL 7.18" in text
+    assert "by 0.37 points at Attention-56 and 2.87 at Attention-164" in text
     assert len(at.get("graphviz_chart")) == 1
     results = {}
     for mode in ("zero", "one", "mean"):

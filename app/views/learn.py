@@ -8,7 +8,7 @@ import streamlit as st
 import components
 import faithful_panels
 import state
-from resattn import maps
+from resattn import maps, paper
 from resattn.attention import CHANNEL_EPS, SPATIAL_EPS
 
 st.title("Learn: Residual Attention Network (Wang et al., CVPR 2017)")
@@ -32,6 +32,14 @@ with right:
     st.markdown("With M ≈ 0 the module passes the trunk features through (an identity fallback), so stacking "
                 "modules does not erode features. The gain 1 + M lies in **[1, 2] for mixed and spatial "
                 "attention** and in **[0, 2] for channel attention**, whose M can be negative.")
+# Table 3 from resattn.paper (ARL, NAL error per depth), so the page and the Compare page quote one source
+table3 = {depth: [paper.paper_result(f"attention{depth}_cifar", "mixed", rule).error for rule in ("arl", "nal")]
+          for depth in (56, 92, 128, 164)}
+st.markdown("**The paper's Table 3** (CIFAR-10 top-1 error, %): "
+            + "; ".join(f"Attention-{d} ARL {arl:.2f}, NAL {nal:.2f}" for d, (arl, nal) in table3.items())
+            + f". NAL is worse at every depth, by {table3[56][1] - table3[56][0]:.2f} points at Attention-56 and "
+              f"{table3[164][1] - table3[164][0]:.2f} at Attention-164. The Compare page puts the shipped checkpoints "
+              "beside the paper's figures and says which of them can be compared.")
 
 st.header("2. The three mask activations (§3.3)")
 st.markdown("x is the mask branch's output before the activation (the second 1×1 conv); x_i ∈ ℝ^C its channel "

@@ -1,0 +1,54 @@
+"""scripts/model_card.py: a finished training run becomes a shipped checkpoint with a card whose figures are the
+evaluation of the copied file (``--zoo NAME`` takes the run folder, name and command from scripts/train_zoo.py)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+import resattn
+from resattn.train import TrainConfig, train
+
+from .test_data import make_tree, zip_tree
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import model_card  # noqa: E402
+import train_zoo  # noqa: E402
+
+NAME = "attention56_cifar_mixed_arl"
+
+
+@pytest.fixture(scope="module")
+def zoo_run(tmp_path_factory):
+    """A tiny two-epoch run in a train_zoo layout (ROOT/NAME/model.safetensors, metrics.jsonl) and its data."""
+    root = tmp_path_factory.mktemp("card")
+    data = zip_tree(make_tree(root / "tree", per_class=(8, 4)), root / "tiny.zip")
+    train(TrainConfig(model="attention56_cifar", width_mult=0.125, batch_size=8, eval_batch_size=16, threads=1,
+                      progress="none", data=str(data), epochs=2, out=str(root / "zoo" / NAME),
+                      state_dir=str(root / "state")))
+    return root / "zoo", str(data)
+
+
+def test_zoo_run_becomes_a_checkpoint_with_a_card(zoo_run, tmp_path, capsys):
+    zoo, data = zoo_run
+    out = tmp_path / "checkpoints"
+    out.mkdir()
+    assert model_card.main(["--zoo", NAME, "--zoo-root", str(zoo), "--data", data, "--out-dir", str(out)]) == 0
+    card = (out / f"{NAME}.md").read_text()
+    meta = resattn.read_meta(out / f"{NAME}.safetensors")
+    top1 = meta["metrics"]["test_top1"]
+    assert card.startswith(f"# {NAME}\n") and f"**{100 * top1:.2f}% final-epoch test top-1**" in card
+    assert f"gives {top1:.4f}" in card and "**2 epochs**" in card
+    assert "| paper | 94.48% (Table 1: 5.52% error) |" in card
+    assert train_zoo.card_command(NAME) in card  # the command the set is trained with, not a machine's paths
+    assert str(zoo) not in card and str(tmp_path) not in card
+    assert capsys.readouterr().out.startswith(f"# {NAME}")
+
+
+def test_a_run_without_a_name_is_refused(zoo_run, capsys):
+    zoo, data = zoo_run
+    with pytest.raises(SystemExit):
+        model_card.main([str(zoo / NAME), "--data", data])
+    assert "give RUN_DIR and --name, or --zoo NAME" in capsys.readouterr().err

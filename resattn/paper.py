@@ -222,12 +222,16 @@ def contrasts(checkpoints: Mapping[str, Mapping[str, Any]]) -> list[ContrastRow]
 
 
 def summary_rows(checkpoints: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One row per trained CIFAR-10 checkpoint the paper reports a figure for: its final-epoch test error beside
-    the paper's."""
+    """One row per trained CIFAR-10 checkpoint of a variant the paper reports a figure for: its final-epoch test
+    error beside the paper's. Networks narrower or wider than the paper's, and fine-tuned ones, are not that
+    variant and get no row."""
     rows = []
     for name, meta in checkpoints.items():
         top1, result = _top1(meta), paper_result(*variant(meta))
         if top1 is None or result is None or result.dataset != "CIFAR-10" or not _is_cifar10(meta):
+            continue
+        width = _mapping(meta.get("overrides")).get("width_mult", _mapping(meta.get("recipe")).get("width_mult", 1.0))
+        if width != 1.0 or meta.get("init_from"):
             continue
         rows.append({"checkpoint": name, "epochs": meta.get("epochs"), "test error (%)": 100 * (1 - top1),
                      "paper error (%)": result.error, "paper table": result.table})

@@ -91,6 +91,9 @@ def test_summary_and_malformed_metadata():
     rows = paper.summary_rows({"a": meta(top1=0.8911), "photo": {**meta(), "model": "attention56_imagenet",
                                                                 "dataset": "imagenette"}})
     assert len(rows) == 1  # Table 7's figure is for ImageNet-1k, not for a 10-class subset
+    narrow = {**meta(width_mult=0.5), "overrides": {"width_mult": 0.5}}
+    tuned = {**meta(), "init_from": {"checkpoint": "photo.safetensors"}}
+    assert paper.summary_rows({"narrow": narrow, "tuned": tuned}) == []  # not the paper's variant
     assert rows[0]["test error (%)"] == pytest.approx(10.89) and rows[0]["paper error (%)"] == 5.52
     odd = {"model": "attention56_cifar", "dataset": "cifar10", "recipe": "test", "overrides": None,
            "metrics": {"test_top1": 0.5}, "init_from": "x"}

@@ -99,8 +99,8 @@ CONTRASTS: tuple[Contrast, ...] = tuple(
     Contrast(table, question, model, a, b)
     for model in ("attention56_cifar", "attention92_cifar", "attention128_cifar", "attention164_cifar")
     for table, question, a, b in (
-        ("Table 1", "mixed vs channel attention", ("mixed", "arl", "hourglass"), ("channel", "arl", "hourglass")),
-        ("Table 1", "mixed vs spatial attention", ("mixed", "arl", "hourglass"), ("spatial", "arl", "hourglass")),
+        ("Table 1", "mixed vs channel", ("mixed", "arl", "hourglass"), ("channel", "arl", "hourglass")),
+        ("Table 1", "mixed vs spatial", ("mixed", "arl", "hourglass"), ("spatial", "arl", "hourglass")),
         ("Table 3", "ARL vs NAL", ("mixed", "arl", "hourglass"), ("mixed", "nal", "hourglass")),
         ("Table 4", "hourglass vs local mask", ("mixed", "arl", "hourglass"), ("mixed", "arl", "local")),
     )

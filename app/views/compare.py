@@ -2,7 +2,6 @@
 the checkpoints' accuracies against the paper's Tables 1, 3 and 4, and the quantity of its Fig. 4 (the mean
 absolute output of each stage)."""
 
-import os
 import time
 
 import numpy as np
@@ -123,24 +122,14 @@ if summary:
             format="%.2f", help="The paper's CIFAR-10 top-1 error for this variant, from the table named beside it")})
 pairs = paper.contrasts(trained)
 if pairs:
-    # the checkpoints' names without the part they all share (e.g. "attention56_cifar_"), so the verdict fits
-    names = [n for r in pairs for n in (r.a, r.b)]
-    common = os.path.commonprefix(names)
-    common = common[: common.rfind("_") + 1]
-    st.dataframe([{"comparison": f"{r.contrast.table}: {r.contrast.question}",
-                   "checkpoints": f"{r.a[len(common):]} vs {r.b[len(common):]}", "paper gap": r.contrast.paper_gap(),
-                   "gap here": r.gap, "verdict": r.verdict()}
-                  for r in pairs], hide_index=True, column_config={
-        "checkpoints": st.column_config.TextColumn(
-            help="The paper's better variant first"
-                 + (f"; names without their shared prefix {common}" if common else "")),
-        "paper gap": st.column_config.NumberColumn(
-            format="%.2f", help="The paper's error of the second variant minus that of the first (points)"),
-        "gap here": st.column_config.NumberColumn(
-            format="%.2f", help="The same difference between these two checkpoints' final-epoch test errors "
-                                "(positive: the same order as the paper)"),
-        "verdict": st.column_config.TextColumn(width="large")})
-    st.caption("Two checkpoints are comparable only when everything but the variant matches: data, recipe, epochs, "
+    # one line per pair (wraps at any width, unlike a wide table); gaps in points of error, positive when the
+    # paper's better variant (named first) is better here too
+    st.markdown("\n".join(
+        f"- **{r.contrast.table}: {r.contrast.question}**: `{r.a}` vs `{r.b}`; error gap in the paper "
+        f"{r.contrast.paper_gap():.2f} points, here {r.gap:.2f}: **{r.verdict()}**" for r in pairs))
+    st.caption("Each line names the paper's better variant first; a gap is the other's error minus its error "
+               "(positive: the paper's order). "
+               "Two checkpoints are comparable only when everything but the variant matches: data, recipe, epochs, "
                "architecture revision. Test-set noise is two standard errors of the gap, √(p₁(1−p₁)/n + "
                "p₂(1−p₂)/n), over n test images, counted as independent (both models see the same images; where "
                "their mistakes fall on the same images, as they usually do, the true figure is smaller). "

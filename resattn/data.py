@@ -300,9 +300,9 @@ def augment_crop_flip(
     device = x.device
     padded = F.pad(x, (pad, pad, pad, pad))
     total, mine = n * world_size, slice(rank, None, world_size)
-    dy = torch.randint(0, 2 * pad + 1, (total,), generator=generator, device="cpu")[mine].to(device)
-    dx = torch.randint(0, 2 * pad + 1, (total,), generator=generator, device="cpu")[mine].to(device)
-    flip = torch.rand(total, generator=generator, device="cpu")[mine].to(device) < 0.5
+    dy = torch.randint(0, 2 * pad + 1, (total,), generator=generator, device="cpu")[mine].to(device, non_blocking=True)
+    dx = torch.randint(0, 2 * pad + 1, (total,), generator=generator, device="cpu")[mine].to(device, non_blocking=True)
+    flip = torch.rand(total, generator=generator, device="cpu")[mine].to(device, non_blocking=True) < 0.5
     rows = dy[:, None] + torch.arange(h, device=device)  # N×H
     cols = dx[:, None] + torch.arange(w, device=device)  # N×W
     cols = torch.where(flip[:, None], cols.flip(1), cols)

@@ -23,8 +23,10 @@ not bitwise reproducible: a resumed run continues the same schedule, data order 
 weights match an uninterrupted run only up to that numerical noise. Under ``torchrun`` the batch size is per
 process; the data order and augmentation depend only on the global batch, so N processes with batch B follow
 one process with batch N·B (batch-norm statistics are per process, as plain DDP computes them).
+``--cuda-graphs`` (one process on CUDA) replays each iteration as a CUDA graph (:mod:`resattn.graphs`).
 Outputs go to ``--out``: ``config.json``, ``metrics.jsonl`` (one line per epoch) and the final checkpoint,
-whose metadata carries the *final-epoch* test accuracy (never a best-epoch pick).
+whose metadata carries the *final-epoch* test accuracy (never a best-epoch pick) and every machine the run trained
+on (``hardware``; ``hardware_log`` with the iteration each began at, for a run resumed elsewhere).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import platform
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from .checkpoint import _unwrap, load_checkpoint, read_meta, save_checkpoint
+from .graphs import GraphForward, GraphTrainStep
 from .data import (BatchIterator, DataError, Decoded, Normalizer, augment_crop_flip, augment_resized_crop_flip, class_names,
                    label_noise, load_split, native_size)
 from .preprocess import Preprocessing, resize_for_crop
@@ -108,6 +111,7 @@ class TrainConfig:
     channels_last: bool = True
     bf16: bool = True
     compile: bool = False
+    cuda_graphs: bool = False
     threads: int | None = None
     train_limit: int | None = None
     test_limit: int | None = None
@@ -212,6 +216,14 @@ def hardware(runtime: Runtime) -> str:
     return f"{desc}; torch {torch.__version__}" + (f"; {runtime.world_size} processes" if runtime.world_size > 1 else "")
 
 
+def hardware_summary(history: Sequence[dict[str, Any]], total: int) -> str:
+    """One line for a run's machines: the one machine, or each with the iterations it trained."""
+    if len(history) == 1:
+        return str(history[0]["hardware"])
+    ends = [int(e["from_iteration"]) for e in history[1:]] + [total]
+    return "; then ".join(f"{e['hardware']} (iterations {int(e['from_iteration'])}–{end})" for e, end in zip(history, ends))
+
+
 # ---------------------------------------------------------------------------------------------- resume state
 
 
@@ -270,9 +282,11 @@ def evaluate_model(
     bf16: bool = True,
     num_classes: int | None = None,
     keep_predictions: bool = False,
+    forward: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, Any]:
     """Top-1, mean loss, per-class accuracy and confusion matrix of ``model`` on a decoded split (all ranks);
-    with ``keep_predictions`` (single process only) also every image's predicted class, in split order."""
+    with ``keep_predictions`` (single process only) also every image's predicted class, in split order.
+    ``forward`` replaces ``model``'s call (a :class:`GraphForward` of it under ``--cuda-graphs``)."""
     model.eval()
     k = num_classes or len(data.classes)
     confusion = torch.zeros(k, k, dtype=torch.int64, device=runtime.device)
@@ -286,9 +300,12 @@ def evaluate_model(
         x = normalizer(images.to(runtime.device, non_blocking=True))
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        labels = labels.to(runtime.device)
-        with autocast:
-            logits = model(x)
+        labels = labels.to(runtime.device, non_blocking=True)
+        if forward is not None:
+            logits = forward(x)
+        else:
+            with autocast:
+                logits = model(x)
         loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").double()
         confusion += torch.bincount(labels * k + logits.argmax(1), minlength=k * k).view(k, k)
         if keep_predictions:
@@ -385,10 +402,23 @@ class Run:
     #: The current epoch's running totals (seen, loss_sum, correct_sum, elapsed) up to ``iteration``, kept in the
     #: resume state so an epoch that spans a stop reports all of its images and seconds, not only the resumed part.
     epoch_totals: dict[str, float] | None = None
+    #: ``--cuda-graphs``: the captured training step and evaluation forward pass (None: eager)
+    graph_step: GraphTrainStep | None = None
+    graph_eval: GraphForward | None = None
+    #: Where the iterations before this session ran (from the resume state): ``[{"hardware", "from_iteration"}]``
+    previous_hardware: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def num_epochs(self) -> int:
         return math.ceil(self.total / self.per_epoch)
+
+    def hardware_history(self) -> list[dict[str, Any]]:
+        """Every machine the run has trained on, each with the iteration it started at: a run resumed elsewhere
+        (begun on a GPU, finished on a CPU) says so in its checkpoint instead of naming only the last machine."""
+        entries = [dict(e) for e in self.previous_hardware]
+        if not entries or entries[-1]["hardware"] != self.hardware:
+            entries.append({"hardware": self.hardware, "from_iteration": self.session_start})
+        return entries
 
     def model_input(self, images: Tensor) -> Tensor:
         """uint8 images → the normalised input (no augmentation), in the run's memory format."""
@@ -396,7 +426,8 @@ class Run:
         return x.contiguous(memory_format=torch.channels_last) if self.config.channels_last else x
 
     def save_state(self) -> None:
-        info: dict[str, Any] = {"iteration": self.iteration, "config": dataclasses.asdict(self.config)}
+        info: dict[str, Any] = {"iteration": self.iteration, "config": dataclasses.asdict(self.config),
+                                "hardware_log": self.hardware_history()}
         if self.epoch_totals is not None:
             info["epoch_totals"] = self.epoch_totals
         save_state(self.state_dir, self.model, self.optimizer, self.aug, info)
@@ -501,10 +532,11 @@ def prepare(config: TrainConfig) -> Run:
                         + (f" per process × {runtime.world_size}" if runtime.world_size > 1 else ""))
     total = config.iterations or int(round(config.epochs * per_epoch))  # type: ignore[operator]
     state_dir = Path(config.state_dir)  # type: ignore[arg-type]
-    iteration, epoch_totals = 0, None
+    iteration, epoch_totals, previous_hardware = 0, None, []
     if config.resume and (state_dir / "state.safetensors").exists():
         info = load_state(state_dir, model, optimizer, aug)
         iteration = info["iteration"]
+        previous_hardware = [e for e in info.get("hardware_log", []) if e.get("from_iteration", 0) < iteration]
         totals = info.get("epoch_totals")  # absent in state written before it was kept, and in multi-process runs
         if isinstance(totals, dict) and totals.get("world_size") == runtime.world_size == 1:
             epoch_totals = {k: float(v) for k, v in totals.items()}
@@ -518,13 +550,20 @@ def prepare(config: TrainConfig) -> Run:
         )
     if config.compile:
         train_module = torch.compile(train_module)
+    graph_step = graph_eval = None
+    if config.cuda_graphs:
+        if runtime.device.type != "cuda" or runtime.world_size > 1 or config.compile:
+            raise ValueError("--cuda-graphs needs a single process on a CUDA device, without --compile")
+        graph_step = GraphTrainStep(train_module, optimizer, config.label_smoothing, config.bf16)  # type: ignore[arg-type]
+        graph_eval = GraphForward(model, config.eval_batch_size, config.bf16)
     out = Path(config.out)
     if runtime.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
     run = Run(config, runtime, model, train_module, optimizer, normalizer, train_data, test_data, batches, aug, frozen,
               prep, class_names(train_data.classes), small, noisy_fraction, total, per_epoch, iteration,
-              hardware(runtime), out, state_dir, log, base_meta, iteration, epoch_totals)
+              hardware(runtime) + ("; CUDA graphs" if config.cuda_graphs else ""), out, state_dir, log, base_meta,
+              iteration, epoch_totals, graph_step, graph_eval, previous_hardware)
     log(f"hardware: {run.hardware}; {len(train_data.labels)} train / {len(test_data.labels)} test images; "
         f"{total} iterations ({per_epoch} per epoch, {run.num_epochs} epochs)"
         + (f"; {noisy_fraction:.1%} of training labels replaced (label noise {config.label_noise})" if config.label_noise else "")
@@ -535,6 +574,17 @@ def prepare(config: TrainConfig) -> Run:
 def train_epoch(run: Run, stop_requested: Callable[[], bool]) -> tuple[dict[str, Any], bool]:
     """Train from ``run.iteration`` to the end of its epoch (or a stop); returns the epoch's training statistics
     and whether the run was asked to stop. Raises ``_Stop`` for a stop in the middle of an epoch."""
+    steps = epoch_steps(run, stop_requested)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def epoch_steps(run: Run, stop_requested: Callable[[], bool]) -> Generator[None, None, tuple[dict[str, Any], bool]]:
+    """:func:`train_epoch` one iteration at a time: the generator yields after each iteration and returns what
+    ``train_epoch`` returns, so a driver can interleave several runs (``scripts/train_gpu_set.py``)."""
     config, runtime = run.config, run.runtime
     epoch, start_batch = divmod(run.iteration, run.per_epoch)
     run.model.train()
@@ -564,8 +614,9 @@ def train_epoch(run: Run, stop_requested: Callable[[], bool]) -> tuple[dict[str,
         if run.iteration >= run.total:
             break
         lr = lr_at(config, run.iteration, run.total)
-        for group in run.optimizer.param_groups:
-            group["lr"] = lr
+        if run.graph_step is None:  # a graph step takes the rate as an argument (its groups hold a device tensor)
+            for group in run.optimizer.param_groups:
+                group["lr"] = lr
         x = run.normalizer(images.to(runtime.device, non_blocking=True))
         # every rank draws the whole global batch's augmentation and keeps its own samples, so the stream (and
         # the result) does not depend on the number of processes
@@ -574,12 +625,15 @@ def train_epoch(run: Run, stop_requested: Callable[[], bool]) -> tuple[dict[str,
              else augment_resized_crop_flip(x, run.preprocessing.size, scale=(config.crop_scale, 1.0), generator=run.aug, **shard))
         x = x.contiguous(memory_format=memory_format)
         labels = labels.to(runtime.device, non_blocking=True)
-        with autocast:
-            logits = run.train_module(x)
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
-        run.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        run.optimizer.step()
+        if run.graph_step is not None:
+            loss, logits = run.graph_step(x, labels, lr)
+        else:
+            with autocast:
+                logits = run.train_module(x)
+                loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
+            run.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            run.optimizer.step()
         run.iteration += 1
         seen += len(labels)
         loss_sum += loss.detach() * len(labels)
@@ -588,6 +642,7 @@ def train_epoch(run: Run, stop_requested: Callable[[], bool]) -> tuple[dict[str,
             bar.update(1)
             if run.iteration % 10 == 0:
                 bar.set_postfix(loss=f"{float(loss.detach()):.3f}", lr=f"{lr:.3g}")
+        yield
         stop_now = stop_requested() or (config.stop_after is not None and run.iteration - run.session_start >= config.stop_after)
         if runtime.main and (run.iteration % config.save_every == 0 or stop_now):
             # only a single process's totals are whole; a multi-process resume marks the epoch partial instead
@@ -619,7 +674,7 @@ def end_epoch(run: Run, stats: dict[str, Any], callbacks: Sequence[EpochCallback
     """Evaluate the epoch on the test split, append its metrics line, save the resume state, run the callbacks."""
     config, runtime = run.config, run.runtime
     test = evaluate_model(run.model, run.test_data, run.normalizer, runtime, config.eval_batch_size,
-                          config.channels_last, config.bf16, len(run.train_data.classes))
+                          config.channels_last, config.bf16, len(run.train_data.classes), forward=run.graph_eval)
     seen, elapsed = stats["seen"], stats["elapsed"]
     metrics = {
         "epoch": stats["epoch"],
@@ -665,7 +720,8 @@ def finish(run: Run, metrics: dict[str, Any]) -> dict[str, Any]:
             "seed": config.seed,
             "epochs": run.total / run.per_epoch,
             "label_noise": config.label_noise,
-            "hardware": run.hardware,
+            "hardware": hardware_summary(run.hardware_history(), run.total),
+            "hardware_log": run.hardware_history(),
         }
         if run.base_meta is not None:
             meta["init_from"] = {"checkpoint": Path(config.init_from).name, "model": run.base_meta.get("model"),  # type: ignore[arg-type]
@@ -826,6 +882,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="use NCHW tensors")
     p.add_argument("--no-bf16", dest="bf16", action="store_false", help="disable bf16 autocast on CUDA")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="capture each training and evaluation step as a CUDA graph (one process on CUDA): for small, "
+                        "launch-bound models such as the CIFAR networks")
     p.add_argument("--threads", type=int, help="CPU threads per process (default: cores / local processes)")
     p.add_argument("--train-limit", type=int, help="use a random subset of this many training images")
     p.add_argument("--test-limit", type=int, help="use a random subset of this many test images")

@@ -43,6 +43,31 @@ def paper_text(meta: dict) -> str:
     return result.describe()
 
 
+def budget_text(meta: dict, metrics: list[dict]) -> str:
+    """Training time, speed and machine: per machine when the run was resumed on another one (its checkpoint's
+    ``hardware_log``), with the epochs each trained, since speeds on a GPU and a CPU mean nothing averaged."""
+    history = meta.get("hardware_log") or [{"hardware": meta["hardware"], "from_iteration": 0}]
+    total = meta["metrics"]["iterations"]
+    ends = [int(e["from_iteration"]) for e in history[1:]] + [total]
+    parts = []
+    for entry, end in zip(history, ends):
+        start = int(entry["from_iteration"])
+        mine = [m for m in metrics if start < m["iteration"] <= end] if len(history) > 1 else metrics
+        if not mine:
+            continue
+        seconds = sum(m["epoch_seconds"] for m in mine)
+        speeds = [m["images_per_s"] for m in mine]
+        span = f"epochs {mine[0]['epoch']}–{mine[-1]['epoch']}: " if len(history) > 1 else ""
+        parts.append(f"{span}{seconds:,.0f} s of training ({min(speeds):.0f}–{max(speeds):.0f} images/s) on "
+                     f"{entry['hardware']}")
+    text = "; then ".join(parts)
+    per_epoch = total / meta["epochs"]
+    spanning = [m["epoch"] for m in metrics for b in ends[:-1] if (m["epoch"] - 1) * per_epoch < b < m["iteration"]]
+    if len(history) > 1 and spanning:
+        text += f" (epoch {spanning[0]} began on the first machine and ended on the next)"
+    return text
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -66,7 +91,6 @@ def card(run: Path, data: str, name: str, cache_dir: str | None, command: str | 
     attention, learning = overrides.get("attention", "mixed"), overrides.get("learning", "arl")
     params = resattn.count_params(model) / 1e6
     macs = resattn.count_macs(model, prep.size) / 1e9
-    seconds = sum(m["epoch_seconds"] for m in metrics)
     # an epoch resumed from state written before epoch totals were kept, or resumed in a multi-process run,
     # reports only its resumed part
     partial = [m["epoch"] for m in metrics if m.get("partial_epoch")]
@@ -82,7 +106,6 @@ def card(run: Path, data: str, name: str, cache_dir: str | None, command: str | 
     paper = paper_text(meta)
     per_class = ", ".join(f"{c} {100 * a:.1f}" for c, a in result["per_class"].items())
     curve = ", ".join(f"{m['epoch']}: {100 * m['test_top1']:.2f}" for m in metrics)
-    speeds = [m["images_per_s"] for m in metrics]
     lines = [
         f"# {name}",
         "",
@@ -107,8 +130,8 @@ def card(run: Path, data: str, name: str, cache_dir: str | None, command: str | 
         + f", weight decay {recipe['weight_decay']} on "
         + ("conv/FC weights only" if recipe.get("weight_decay_scope") == "weights" else "every parameter")
         + f", label smoothing {recipe['label_smoothing']}; seed {meta['seed']} |",
-        f"| budget | **{meta['epochs']:g} epochs** ({meta['metrics']['iterations']} iterations), {seconds:,.0f} s of "
-        f"training{partial_text} ({min(speeds):.0f}–{max(speeds):.0f} images/s), {meta['hardware']} |",
+        f"| budget | **{meta['epochs']:g} epochs** ({meta['metrics']['iterations']} iterations): "
+        f"{budget_text(meta, metrics)}{partial_text} |",
         f"| result | **{100 * result['top1']:.2f}% final-epoch test top-1** (test loss {result['loss']:.3f}); "
         f"`python -m resattn.evaluate` on this file gives {result['top1']:.4f} |",
         f"| paper | {paper} |",

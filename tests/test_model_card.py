@@ -52,3 +52,17 @@ def test_a_run_without_a_name_is_refused(zoo_run, capsys):
     with pytest.raises(SystemExit):
         model_card.main([str(zoo / NAME), "--data", data])
     assert "give RUN_DIR and --name, or --zoo NAME" in capsys.readouterr().err
+
+
+def test_the_budget_of_a_run_moved_between_machines_is_given_per_machine():
+    # four epochs of 10 iterations: epochs 1-2 on a GPU, the move at iteration 25 (in epoch 3), the rest on a CPU
+    metrics = [{"epoch": e, "iteration": 10 * e, "epoch_seconds": s, "images_per_s": v}
+               for e, s, v in [(1, 2.0, 5000), (2, 2.0, 5200), (3, 60.0, 190), (4, 50.0, 210)]]
+    meta = {"hardware": "GPU (iterations 0–25); then CPU (iterations 25–40)", "epochs": 4.0,
+            "metrics": {"iterations": 40},
+            "hardware_log": [{"hardware": "GPU", "from_iteration": 0}, {"hardware": "CPU", "from_iteration": 25}]}
+    assert model_card.budget_text(meta, metrics) == (
+        "epochs 1–2: 4 s of training (5000–5200 images/s) on GPU; then epochs 3–4: 110 s of training (190–210 images/s) "
+        "on CPU (epoch 3 began on the first machine and ended on the next)")
+    one = {"hardware": "CPU", "epochs": 4.0, "metrics": {"iterations": 40}}
+    assert model_card.budget_text(one, metrics) == "114 s of training (190–5200 images/s) on CPU"

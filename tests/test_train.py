@@ -240,3 +240,20 @@ def test_init_from_refuses_an_unknown_class(tmp_path, dataset):
     with pytest.raises(resattn.data.DataError, match="horse"):
         train(TrainConfig(**TINY, data=str(dataset), epochs=1, classes=["horse"], out=str(tmp_path / "x"),
                           state_dir=str(tmp_path / "s")))
+
+
+def test_a_run_resumed_on_another_machine_names_both(tmp_path, dataset, monkeypatch):
+    common = dict(TINY, data=str(dataset), epochs=1, out=str(tmp_path / "run"), state_dir=str(tmp_path / "state"))
+    assert train(TrainConfig(**common, stop_after=4)) == {"stopped_at": 4}
+    monkeypatch.setattr(resattn.train, "hardware", lambda runtime: "machine B")
+    result = train(TrainConfig(**common, resume=True))
+    _, meta = resattn.load_checkpoint(tmp_path / "run" / "model.safetensors")
+    first, second = meta["hardware_log"]
+    assert "CPU" in first["hardware"] and first["from_iteration"] == 0
+    assert second == {"hardware": "machine B", "from_iteration": 4}
+    assert meta["hardware"] == f"{first['hardware']} (iterations 0–4); then machine B (iterations 4–6)"
+    assert meta["metrics"]["test_top1"] == result["test_top1"]
+    # one machine throughout: the plain description, as before
+    train(TrainConfig(**dict(common, out=str(tmp_path / "one"), state_dir=str(tmp_path / "s1"))))
+    _, meta = resattn.load_checkpoint(tmp_path / "one" / "model.safetensors")
+    assert meta["hardware"] == "machine B" and meta["hardware_log"] == [{"hardware": "machine B", "from_iteration": 0}]

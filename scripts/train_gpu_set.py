@@ -1,0 +1,126 @@
+"""Train several of the shipped set's runs at once on one GPU: ``python scripts/train_gpu_set.py --help``.
+
+Each run is the run of ``scripts/train_zoo.py`` (same recipe, seed and budget, same ``resattn.train`` code) with
+``--cuda-graphs``; the runs advance in lock step, one iteration each in turn, each on its own CUDA stream, so the
+GPU works on several narrow networks at once instead of idling between one network's small kernels. A wall-clock
+``--deadline`` stops every run resumably (state in ``ROOT/NAME/state``); the same command with ``--resume``
+continues them. Outputs per run are those of ``python -m resattn.train``: ``config.json``, ``metrics.jsonl`` and,
+when the run ends, ``model.safetensors``, whose metadata names the GPU and how many runs shared it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_zoo import RUNS, command  # noqa: E402
+
+from resattn.train import (TrainConfig, _Stop, build_parser, end_epoch, epoch_steps, finish,  # noqa: E402
+                           prepare)
+
+CIFAR_SET = [name for name, (kind, _) in RUNS.items() if kind == "cifar"]
+
+
+def config_for(name: str, data: str, root: Path, cache_dir: str, resume: bool, cuda: bool = True,
+               extra: list[str] | None = None) -> TrainConfig:
+    """``name``'s ``resattn.train`` configuration, as ``train_zoo.py`` runs it, with CUDA graphs on CUDA;
+    ``extra`` arguments come last, so they override (a smoke test's ``--epochs`` or ``--train-limit``)."""
+    argv = command(name, data, root, cache_dir, None)[3:]
+    argv = [a for a in argv if a != "--resume"] + (["--resume"] if resume else [])
+    argv += ["--save-every", "1000000000", "--eval-batch-size", "500"]
+    argv += ["--cuda-graphs", "--device", "cuda"] if cuda else ["--device", "cpu"]
+    argv += extra or []
+    args = build_parser().parse_args(argv)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    config.cache_dir = os.path.expanduser(config.cache_dir) if config.cache_dir else None
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", required=True, help="CIFAR-10 source (cifar10-jpeg.zip)")
+    p.add_argument("--root", required=True, help="outputs and resume state, one folder per run")
+    p.add_argument("--cache-dir", default=os.path.join("~", ".cache", "resattn", "data"), help="decoded-data cache")
+    p.add_argument("--only", nargs="*", choices=CIFAR_SET, default=CIFAR_SET, help="the runs to train together")
+    p.add_argument("--deadline", type=float, default=None, help="stop every run resumably after this many seconds")
+    p.add_argument("--resume", action="store_true", help="continue from the state under --root")
+    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
+                   help="cpu: the same interleaving without graphs or streams (to test the driver)")
+    p.add_argument("--train-args", default="", help="extra resattn.train arguments for every run (quoted)")
+    args = p.parse_args(argv)
+    start = time.monotonic()
+    deadline = None if args.deadline is None else start + args.deadline
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: train_gpu_set.py trains on a GPU (--device cpu only tests the driver)")
+    root = Path(args.root)
+    runs, names = [], list(args.only)
+    for name in names:
+        run = prepare(config_for(name, args.data, root, args.cache_dir, args.resume, cuda, shlex.split(args.train_args)))
+        run.log = (lambda tag: lambda *a: print(f"[{tag}]", *a, flush=True))(name)
+        run.hardware += f"; {len(names)} runs sharing the GPU"
+        runs.append(run)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    sync()
+    print(f"set up {len(runs)} runs in {time.monotonic() - start:.0f} s", flush=True)
+    streams = [torch.cuda.stream(torch.cuda.Stream()) if cuda else contextlib.nullcontext() for _ in runs]
+    steps: list = [None] * len(runs)
+    last: list[dict] = [{} for _ in runs]
+    active = [run.iteration < run.total for run in runs]
+    first = [run.iteration for run in runs]
+    stop = (lambda: time.monotonic() > deadline) if deadline is not None else (lambda: False)
+    t0 = next_report = time.monotonic()
+    while any(active):
+        if time.monotonic() >= next_report:  # the set's pace, for a reader of the log
+            done = sum((run.iteration - f) * run.config.batch_size for run, f in zip(runs, first))  # type: ignore[operator]
+            left = max(run.total - run.iteration for run in runs)
+            print(f"{time.monotonic() - start:.0f} s: {done / max(time.monotonic() - t0, 1e-9):.0f} img/s over "
+                  f"{sum(active)} runs; {left} iterations left in the longest", flush=True)
+            next_report += 30
+        for i, run in enumerate(runs):
+            if not active[i]:
+                continue
+            with streams[i]:
+                try:
+                    if steps[i] is None:
+                        steps[i] = epoch_steps(run, stop)
+                    next(steps[i])
+                except StopIteration as done:
+                    steps[i] = None
+                    stats, stopping = done.value
+                    last[i] = end_epoch(run, stats)
+                    if run.iteration >= run.total or stopping:
+                        active[i] = False
+                except _Stop:
+                    run.log(f"stopped at iteration {run.iteration}; continue with --resume")
+                    active[i] = False
+    sync()
+    wall = time.monotonic() - t0
+    images = sum((run.iteration - f) * run.config.batch_size for run, f in zip(runs, first))  # type: ignore[operator]
+    summary = {"runs": {}, "seconds": wall, "images": images, "images_per_s": images / max(wall, 1e-9),
+               "device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__}
+    for run, name, metrics in zip(runs, names, last):
+        entry = {"iteration": run.iteration, "total": run.total, "epochs_done": run.iteration / run.per_epoch}
+        if run.iteration >= run.total:
+            if not metrics:
+                metrics = json.loads((run.out / "metrics.jsonl").read_text().splitlines()[-1])
+            entry["final"] = finish(run, metrics)
+        summary["runs"][name] = entry
+    (root / "gpu_set_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -109,7 +109,7 @@ CONTRASTS: tuple[Contrast, ...] = tuple(
 
 #: Recipe fields that do not change what a run learns (paths, devices, bookkeeping), that name the variant itself, or
 #: the seed (runs with different seeds are an equally fair comparison).
-_NOT_BUDGET = {"attention", "learning", "mask", "data", "device", "threads", "resume", "save_every", "compile",
+_NOT_BUDGET = {"attention", "learning", "mask", "data", "device", "threads", "resume", "save_every", "compile", "cuda_graphs",
                "probe", "bf16", "channels_last", "eval_batch_size", "stop_after", "classes", "seed"}
 
 

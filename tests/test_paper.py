@@ -101,3 +101,11 @@ def test_summary_and_malformed_metadata():
     (row,) = paper.contrasts({"odd": odd, "nal": meta(learning="nal")})
     assert not row.comparable
     assert paper.contrasts({"a": {"metrics": "nonsense"}, "b": {}}) == []
+
+
+def test_how_a_run_was_executed_does_not_change_its_budget():
+    cpu = meta(device="cpu", threads=2, bf16=True, cuda_graphs=False)
+    gpu = meta("spatial", device="cuda", threads=None, bf16=True, cuda_graphs=True, compile=True, eval_batch_size=500)
+    assert paper.budget_key(cpu) == paper.budget_key(gpu)  # same recipe: a fair comparison wherever it ran
+    assert paper.budget_key(meta(epochs=40.0)) != paper.budget_key(cpu)
+    assert paper.budget_key(meta(lr=0.1)) != paper.budget_key(cpu)

@@ -216,12 +216,18 @@ def hardware(runtime: Runtime) -> str:
     return f"{desc}; torch {torch.__version__}" + (f"; {runtime.world_size} processes" if runtime.world_size > 1 else "")
 
 
+def hardware_spans(history: Sequence[dict[str, Any]], total: int) -> list[tuple[str, int, int]]:
+    """A ``hardware_log`` as (machine, first iteration, end iteration) spans of a run of ``total`` iterations."""
+    starts = [int(e["from_iteration"]) for e in history]
+    return [(str(e["hardware"]), start, end) for e, start, end in zip(history, starts, starts[1:] + [total])]
+
+
 def hardware_summary(history: Sequence[dict[str, Any]], total: int) -> str:
     """One line for a run's machines: the one machine, or each with the iterations it trained."""
-    if len(history) == 1:
-        return str(history[0]["hardware"])
-    ends = [int(e["from_iteration"]) for e in history[1:]] + [total]
-    return "; then ".join(f"{e['hardware']} (iterations {int(e['from_iteration'])}–{end})" for e, end in zip(history, ends))
+    spans = hardware_spans(history, total)
+    if len(spans) == 1:
+        return spans[0][0]
+    return "; then ".join(f"{machine} (iterations {start}–{end})" for machine, start, end in spans)
 
 
 # ---------------------------------------------------------------------------------------------- resume state
@@ -710,6 +716,7 @@ def finish(run: Run, metrics: dict[str, Any]) -> dict[str, Any]:
              "epochs": run.total / run.per_epoch, "iterations": run.total, "label_noise": config.label_noise,
              "noisy_label_fraction": run.noisy_fraction, "final_epoch_reported": True}
     if run.runtime.main:
+        history = run.hardware_history()
         meta = {
             **run.preprocessing.to_meta(),
             "classes": run.classes,
@@ -720,8 +727,8 @@ def finish(run: Run, metrics: dict[str, Any]) -> dict[str, Any]:
             "seed": config.seed,
             "epochs": run.total / run.per_epoch,
             "label_noise": config.label_noise,
-            "hardware": hardware_summary(run.hardware_history(), run.total),
-            "hardware_log": run.hardware_history(),
+            "hardware": hardware_summary(history, run.total),
+            "hardware_log": history,
         }
         if run.base_meta is not None:
             meta["init_from"] = {"checkpoint": Path(config.init_from).name, "model": run.base_meta.get("model"),  # type: ignore[arg-type]

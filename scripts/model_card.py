@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import train_zoo  # noqa: E402
 from resattn.evaluate import evaluate_checkpoint  # noqa: E402
 from resattn.preprocess import Preprocessing  # noqa: E402
+from resattn.train import hardware_spans  # noqa: E402
 
 def paper_text(meta: dict) -> str:
     """The paper's figure for the checkpoint's variant (error → accuracy), with a caveat where its data differ."""
@@ -47,23 +48,20 @@ def budget_text(meta: dict, metrics: list[dict]) -> str:
     """Training time, speed and machine: per machine when the run was resumed on another one (its checkpoint's
     ``hardware_log``), with the epochs each trained, since speeds on a GPU and a CPU mean nothing averaged."""
     history = meta.get("hardware_log") or [{"hardware": meta["hardware"], "from_iteration": 0}]
-    total = meta["metrics"]["iterations"]
-    ends = [int(e["from_iteration"]) for e in history[1:]] + [total]
+    spans = hardware_spans(history, meta["metrics"]["iterations"])
     parts = []
-    for entry, end in zip(history, ends):
-        start = int(entry["from_iteration"])
-        mine = [m for m in metrics if start < m["iteration"] <= end] if len(history) > 1 else metrics
+    for machine, start, end in spans:
+        mine = [m for m in metrics if start < m["iteration"] <= end] if len(spans) > 1 else metrics
         if not mine:
             continue
         seconds = sum(m["epoch_seconds"] for m in mine)
         speeds = [m["images_per_s"] for m in mine]
-        span = f"epochs {mine[0]['epoch']}–{mine[-1]['epoch']}: " if len(history) > 1 else ""
-        parts.append(f"{span}{seconds:,.0f} s of training ({min(speeds):.0f}–{max(speeds):.0f} images/s) on "
-                     f"{entry['hardware']}")
+        span = f"epochs {mine[0]['epoch']}–{mine[-1]['epoch']}: " if len(spans) > 1 else ""
+        parts.append(f"{span}{seconds:,.0f} s of training ({min(speeds):.0f}–{max(speeds):.0f} images/s) on {machine}")
     text = "; then ".join(parts)
-    per_epoch = total / meta["epochs"]
-    spanning = [m["epoch"] for m in metrics for b in ends[:-1] if (m["epoch"] - 1) * per_epoch < b < m["iteration"]]
-    if len(history) > 1 and spanning:
+    per_epoch = meta["metrics"]["iterations"] / meta["epochs"]
+    spanning = [m["epoch"] for m in metrics for _, b, _ in spans[1:] if (m["epoch"] - 1) * per_epoch < b < m["iteration"]]
+    if len(spans) > 1 and spanning:
         text += f" (epoch {spanning[0]} began on the first machine and ended on the next)"
     return text
 

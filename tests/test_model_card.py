@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import resattn
+from resattn.evaluate import evaluate_checkpoint
 from resattn.train import TrainConfig, train
 
 from .test_data import make_tree, zip_tree
@@ -46,6 +47,23 @@ def test_zoo_run_becomes_a_checkpoint_with_a_card(zoo_run, tmp_path, capsys):
     assert str(zoo) not in card and str(tmp_path) not in card
     assert capsys.readouterr().out.startswith(f"# {NAME}")
 
+
+
+def test_a_float16_card_heads_with_the_trained_figure_and_names_the_files(zoo_run, tmp_path):
+    """--half: the headline is what training measured at its last epoch (float32); the float16 copy's own
+    evaluation is given beside it, labelled as the file's."""
+    zoo, data = zoo_run
+    out = tmp_path / "checkpoints"
+    out.mkdir()
+    assert model_card.main(["--zoo", NAME, "--zoo-root", str(zoo), "--data", data, "--out-dir", str(out),
+                            "--half"]) == 0
+    card = (out / f"{NAME}.md").read_text()
+    trained = resattn.read_meta(zoo / NAME / "model.safetensors")["metrics"]
+    file_top1 = evaluate_checkpoint(str(out / f"{NAME}.safetensors"), data)["top1"]
+    assert f"**{100 * trained['test_top1']:.2f}% final-epoch test top-1** (test loss {trained['test_loss']:.3f})" in card
+    assert "float16 storage" in card and "on this float16 file gives" in card
+    assert "Per class (%, this float16 file)" in card
+    assert f"float16 file gives {file_top1:.4f}" in card
 
 def test_a_run_without_a_name_is_refused(zoo_run, capsys):
     zoo, data = zoo_run

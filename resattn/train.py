@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -61,7 +61,7 @@ from .registry import create_model
 
 __all__ = [
     "TrainConfig", "RECIPES", "TRAIN_ONLY", "Run", "EpochCallback", "MaskSnapshots", "prepare", "train_epoch", "end_epoch",
-    "finish", "train", "main", "lr_at", "evaluate_model", "frozen_parts", "select_classes",
+    "finish", "train", "run_steps", "main", "lr_at", "evaluate_model", "frozen_parts", "select_classes",
 ]
 
 RECIPES: dict[str, dict[str, Any]] = {
@@ -76,6 +76,8 @@ RECIPES: dict[str, dict[str, Any]] = {
         weight_decay_scope="weights",
     ),
 }
+
+_T = TypeVar("_T")
 
 #: What ``--train-only`` may train: everything, stage 3 and after, or only the classifier.
 TRAIN_ONLY: tuple[str, ...] = ("all", "stage3", "head")
@@ -580,7 +582,11 @@ def prepare(config: TrainConfig) -> Run:
 def train_epoch(run: Run, stop_requested: Callable[[], bool]) -> tuple[dict[str, Any], bool]:
     """Train from ``run.iteration`` to the end of its epoch (or a stop); returns the epoch's training statistics
     and whether the run was asked to stop. Raises ``_Stop`` for a stop in the middle of an epoch."""
-    steps = epoch_steps(run, stop_requested)
+    return _drain(epoch_steps(run, stop_requested))
+
+
+def _drain(steps: Generator[None, None, _T]) -> _T:
+    """Run a step generator to its end and return its value."""
     while True:
         try:
             next(steps)
@@ -760,19 +766,31 @@ def train(config: TrainConfig, callbacks: Sequence[EpochCallback] = ()) -> dict[
         stop_flag["stop"] = True
 
     old_handler = signal.signal(signal.SIGTERM, request_stop) if run.runtime.main and _main_thread() else None
+    try:
+        return _drain(run_steps(run, lambda: stop_flag["stop"], callbacks))
+    finally:
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)
+
+
+def run_steps(run: Run, stop_requested: Callable[[], bool],
+              callbacks: Sequence[EpochCallback] = ()) -> Generator[None, None, dict[str, Any]]:
+    """The rest of a run one iteration at a time: train each epoch, evaluate it, write the final checkpoint.
+
+    Yields after every iteration and returns :func:`finish`'s metrics, or ``{"stopped_at": iteration}`` after a
+    stop (the state is saved; ``--resume`` continues). :func:`train` drains it; ``scripts/train_gpu_set.py``
+    interleaves several runs' generators on one GPU.
+    """
     metrics: dict[str, Any] = {}
     try:
         while run.iteration < run.total:
-            stats, stopping = train_epoch(run, lambda: stop_flag["stop"])
+            stats, stopping = yield from epoch_steps(run, stop_requested)
             metrics = end_epoch(run, stats, callbacks)
             if stopping and run.iteration < run.total:
                 raise _Stop
     except _Stop:
         run.log(f"stopped at iteration {run.iteration}; continue with --resume (state in {run.state_dir})")
         return {"stopped_at": run.iteration}
-    finally:
-        if old_handler is not None:
-            signal.signal(signal.SIGTERM, old_handler)
     if not metrics:  # resumed a run whose last epoch had already been evaluated
         metrics = json.loads((run.out / "metrics.jsonl").read_text().splitlines()[-1])
     return finish(run, metrics)

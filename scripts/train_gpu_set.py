@@ -25,8 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_zoo import RUNS, command  # noqa: E402
 
-from resattn.train import (TrainConfig, _Stop, build_parser, end_epoch, epoch_steps, finish,  # noqa: E402
-                           prepare)
+from resattn.train import TrainConfig, build_parser, prepare, run_steps  # noqa: E402
 
 CIFAR_SET = [name for name, (kind, _) in RUNS.items() if kind == "cifar"]
 
@@ -75,47 +74,35 @@ def main(argv: list[str] | None = None) -> int:
     sync()
     print(f"set up {len(runs)} runs in {time.monotonic() - start:.0f} s", flush=True)
     streams = [torch.cuda.stream(torch.cuda.Stream()) if cuda else contextlib.nullcontext() for _ in runs]
-    steps: list = [None] * len(runs)
-    last: list[dict] = [{} for _ in runs]
-    active = [run.iteration < run.total for run in runs]
-    first = [run.iteration for run in runs]
     stop = (lambda: time.monotonic() > deadline) if deadline is not None else (lambda: False)
+    steps = [run_steps(run, stop) for run in runs]
+    results: list[dict | None] = [None] * len(runs)
+    first = [run.iteration for run in runs]
     t0 = next_report = time.monotonic()
-    while any(active):
+    while any(result is None for result in results):
         if time.monotonic() >= next_report:  # the set's pace, for a reader of the log
             done = sum((run.iteration - f) * run.config.batch_size for run, f in zip(runs, first))  # type: ignore[operator]
             left = max(run.total - run.iteration for run in runs)
             print(f"{time.monotonic() - start:.0f} s: {done / max(time.monotonic() - t0, 1e-9):.0f} img/s over "
-                  f"{sum(active)} runs; {left} iterations left in the longest", flush=True)
+                  f"{sum(result is None for result in results)} runs; {left} iterations left in the longest", flush=True)
             next_report += 30
         for i, run in enumerate(runs):
-            if not active[i]:
+            if results[i] is not None:
                 continue
             with streams[i]:
                 try:
-                    if steps[i] is None:
-                        steps[i] = epoch_steps(run, stop)
                     next(steps[i])
-                except StopIteration as done:
-                    steps[i] = None
-                    stats, stopping = done.value
-                    last[i] = end_epoch(run, stats)
-                    if run.iteration >= run.total or stopping:
-                        active[i] = False
-                except _Stop:
-                    run.log(f"stopped at iteration {run.iteration}; continue with --resume")
-                    active[i] = False
+                except StopIteration as done:  # finished (checkpoint written) or stopped (state saved)
+                    results[i] = done.value
     sync()
     wall = time.monotonic() - t0
     images = sum((run.iteration - f) * run.config.batch_size for run, f in zip(runs, first))  # type: ignore[operator]
     summary = {"runs": {}, "seconds": wall, "images": images, "images_per_s": images / max(wall, 1e-9),
                "device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__}
-    for run, name, metrics in zip(runs, names, last):
+    for run, name, result in zip(runs, names, results):
         entry = {"iteration": run.iteration, "total": run.total, "epochs_done": run.iteration / run.per_epoch}
-        if run.iteration >= run.total:
-            if not metrics:
-                metrics = json.loads((run.out / "metrics.jsonl").read_text().splitlines()[-1])
-            entry["final"] = finish(run, metrics)
+        if result is not None and "stopped_at" not in result:
+            entry["final"] = result
         summary["runs"][name] = entry
     (root / "gpu_set_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary), flush=True)

@@ -41,11 +41,15 @@ def test_runs_in_lock_step_stop_resume_and_match_lone_runs(tmp_path, dataset):
     stopped = _driver(dataset, root, "--deadline", "0")  # every run stops, resumably, after its first iteration
     assert {name: r["iteration"] for name, r in stopped["runs"].items()} == {name: 1 for name in PAIR}
     assert not any((root / name / "model.safetensors").exists() for name in PAIR)
+    assert not any("final" in r for r in stopped["runs"].values())
     done = _driver(dataset, root, "--resume")
+    again = _driver(dataset, root, "--resume")  # finished runs: nothing to train, the same final figures
     for name in PAIR:
         assert done["runs"][name]["iteration"] == done["runs"][name]["total"] == 12  # 48 images / 8, two epochs
         lines = (root / name / "metrics.jsonl").read_text().splitlines()
         assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+        assert done["runs"][name]["final"]["test_top1"] == json.loads(lines[-1])["test_top1"]
+        assert again["runs"][name]["final"] == done["runs"][name]["final"] and again["images"] == 0
         # the same run alone, uninterrupted, through resattn.train: the same weights
         config = train_gpu_set.config_for(name, str(dataset), tmp_path / "alone", str(root / "cache"), False, cuda=False,
                                           extra=shlex.split(TINY))

@@ -39,8 +39,9 @@ def paper_text(meta: dict) -> str:
     if result is None:
         return "–"
     if result.dataset == "ImageNet-1k":
+        classes = len(meta.get("classes", ()))
         return (f"{result.accuracy:.2f}% top-1 on ImageNet-1k at 224 px, full width ({result.table}); "
-                "not comparable with a 10-class subset")
+                f"not comparable with {classes} classes of `{meta.get('dataset', 'another dataset')}`")
     return result.describe()
 
 

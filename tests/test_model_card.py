@@ -84,3 +84,13 @@ def test_the_budget_of_a_run_moved_between_machines_is_given_per_machine():
         "on CPU (epoch 3 began on the first machine and ended on the next)")
     one = {"hardware": "CPU", "epochs": 4.0, "metrics": {"iterations": 40}}
     assert model_card.budget_text(one, metrics) == "114 s of training (190–5200 images/s) on CPU"
+
+
+def test_an_imagenet_figure_names_the_dataset_it_is_not_comparable_with():
+    """Table 7 is ImageNet-1k: the card says which data the checkpoint has instead (a fine-tuned model's need not be
+    Imagenette's ten classes)."""
+    meta = {"model": "attention56_imagenet", "dataset": "birds", "classes": ["finch", "robin", "wren"]}
+    text = model_card.paper_text(meta)
+    assert text.startswith("78.24% top-1 on ImageNet-1k") and text.endswith("not comparable with 3 classes of `birds`")
+    assert model_card.paper_text({"model": "attention56_cifar", "overrides": {"attention": "spatial"}}) == \
+        "93.67% (Table 1: 6.33% error)"

@@ -7,7 +7,7 @@ run resumably) or in a later sitting. Outputs and resume state live under ``--ro
 with its model card.
 
 The runs, their order and their budgets are those of the shipped set; a model card gives the command of its own run
-(the two-epoch CIFAR NAL and spatial models still shipped predate the set's 80-epoch budget).
+(the two-epoch CIFAR spatial model still shipped predates the set's 80-epoch budget).
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ from .preprocess import Preprocessing, resize_for_crop
 from .registry import create_model
 
 __all__ = [
-    "TrainConfig", "RECIPES", "TRAIN_ONLY", "Run", "EpochCallback", "MaskSnapshots", "prepare", "train_epoch", "end_epoch",
+    "TrainConfig", "RECIPES", "TRAIN_ONLY", "Run", "EpochCallback", "MaskSnapshots", "prepare", "epoch_steps", "end_epoch",
     "finish", "train", "run_steps", "main", "lr_at", "evaluate_model", "frozen_parts", "select_classes",
 ]
 
@@ -579,12 +579,6 @@ def prepare(config: TrainConfig) -> Run:
     return run
 
 
-def train_epoch(run: Run, stop_requested: Callable[[], bool]) -> tuple[dict[str, Any], bool]:
-    """Train from ``run.iteration`` to the end of its epoch (or a stop); returns the epoch's training statistics
-    and whether the run was asked to stop. Raises ``_Stop`` for a stop in the middle of an epoch."""
-    return _drain(epoch_steps(run, stop_requested))
-
-
 def _drain(steps: Generator[None, None, _T]) -> _T:
     """Run a step generator to its end and return its value."""
     while True:
@@ -595,8 +589,9 @@ def _drain(steps: Generator[None, None, _T]) -> _T:
 
 
 def epoch_steps(run: Run, stop_requested: Callable[[], bool]) -> Generator[None, None, tuple[dict[str, Any], bool]]:
-    """:func:`train_epoch` one iteration at a time: the generator yields after each iteration and returns what
-    ``train_epoch`` returns, so a driver can interleave several runs (``scripts/train_gpu_set.py``)."""
+    """Train from ``run.iteration`` to the end of its epoch (or a stop), one iteration per ``next``; returns the
+    epoch's training statistics and whether the run was asked to stop. Raises ``_Stop`` for a stop in the middle
+    of an epoch. :func:`run_steps` chains the epochs."""
     config, runtime = run.config, run.runtime
     epoch, start_batch = divmod(run.iteration, run.per_epoch)
     run.model.train()

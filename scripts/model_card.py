@@ -100,9 +100,8 @@ def card(run: Path, data: str, name: str, cache_dir: str | None, command: str | 
         raise SystemExit(f"evaluation gives {result['top1']:.4f}, the run recorded {recorded:.4f}: not writing a card")
     storage = "float16 storage (loads as float32)" if half else "float32 storage"
     # the headline is what training measured at its last epoch; a float16 copy can differ by a few images
-    file_text = (f"`python -m resattn.evaluate` on this float16 file gives {result['top1']:.4f} "
-                 f"(test loss {result['loss']:.3f})" if half else
-                 f"`python -m resattn.evaluate` on this file gives {result['top1']:.4f}")
+    file_text = (f"`python -m resattn.evaluate` on this {'float16 ' if half else ''}file gives {result['top1']:.4f}"
+                 + (f" (test loss {result['loss']:.3f})" if half else ""))
     learning_text = "attention residual learning, H = (1 + M)·T" if learning == "arl" else "naive attention learning, H = M·T"
     width = f", width ×{overrides['width_mult']}" if overrides.get("width_mult", 1.0) != 1.0 else ""
     paper = paper_text(meta)

@@ -48,7 +48,6 @@ def test_zoo_run_becomes_a_checkpoint_with_a_card(zoo_run, tmp_path, capsys):
     assert capsys.readouterr().out.startswith(f"# {NAME}")
 
 
-
 def test_a_float16_card_heads_with_the_trained_figure_and_names_the_files(zoo_run, tmp_path):
     """--half: the headline is what training measured at its last epoch (float32); the float16 copy's own
     evaluation is given beside it, labelled as the file's."""
@@ -64,6 +63,7 @@ def test_a_float16_card_heads_with_the_trained_figure_and_names_the_files(zoo_ru
     assert "float16 storage" in card and "on this float16 file gives" in card
     assert "Per class (%, this float16 file)" in card
     assert f"float16 file gives {file_top1:.4f}" in card
+
 
 def test_a_run_without_a_name_is_refused(zoo_run, capsys):
     zoo, data = zoo_run

@@ -18,6 +18,7 @@ import argparse
 import hashlib
 import json
 import shutil
+import statistics
 import sys
 from pathlib import Path
 
@@ -47,7 +48,8 @@ def paper_text(meta: dict) -> str:
 
 def budget_text(meta: dict, metrics: list[dict]) -> str:
     """Training time, speed and machine: per machine when the run was resumed on another one (its checkpoint's
-    ``hardware_log``), with the epochs each trained, since speeds on a GPU and a CPU mean nothing averaged."""
+    ``hardware_log``), with the epochs each trained, since speeds on a GPU and a CPU mean nothing averaged. The
+    median epoch speed leads, so one epoch slowed by other work on the machine shows in the range, not the figure."""
     history = meta.get("hardware_log") or [{"hardware": meta["hardware"], "from_iteration": 0}]
     spans = hardware_spans(history, meta["metrics"]["iterations"])
     parts = []
@@ -58,7 +60,8 @@ def budget_text(meta: dict, metrics: list[dict]) -> str:
         seconds = sum(m["epoch_seconds"] for m in mine)
         speeds = [m["images_per_s"] for m in mine]
         span = f"epochs {mine[0]['epoch']}–{mine[-1]['epoch']}: " if len(spans) > 1 else ""
-        parts.append(f"{span}{seconds:,.0f} s of training ({min(speeds):.0f}–{max(speeds):.0f} images/s) on {machine}")
+        parts.append(f"{span}{seconds:,.0f} s of training (median {statistics.median(speeds):.0f} images/s, "
+                     f"range {min(speeds):.0f}–{max(speeds):.0f}) on {machine}")
     text = "; then ".join(parts)
     per_epoch = meta["metrics"]["iterations"] / meta["epochs"]
     spanning = [m["epoch"] for m in metrics for _, b, _ in spans[1:] if (m["epoch"] - 1) * per_epoch < b < m["iteration"]]

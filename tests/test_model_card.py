@@ -80,10 +80,17 @@ def test_the_budget_of_a_run_moved_between_machines_is_given_per_machine():
             "metrics": {"iterations": 40},
             "hardware_log": [{"hardware": "GPU", "from_iteration": 0}, {"hardware": "CPU", "from_iteration": 25}]}
     assert model_card.budget_text(meta, metrics) == (
-        "epochs 1–2: 4 s of training (5000–5200 images/s) on GPU; then epochs 3–4: 110 s of training (190–210 images/s) "
-        "on CPU (epoch 3 began on the first machine and ended on the next)")
+        "epochs 1–2: 4 s of training (median 5100 images/s, range 5000–5200) on GPU; then epochs 3–4: 110 s of "
+        "training (median 200 images/s, range 190–210) on CPU (epoch 3 began on the first machine and ended on the next)")
     one = {"hardware": "CPU", "epochs": 4.0, "metrics": {"iterations": 40}}
-    assert model_card.budget_text(one, metrics) == "114 s of training (190–5200 images/s) on CPU"
+    assert model_card.budget_text(one, metrics) == "114 s of training (median 2605 images/s, range 190–5200) on CPU"
+
+
+def test_one_disturbed_epoch_widens_the_speed_range_but_not_the_median():
+    metrics = [{"epoch": e, "iteration": 10 * e, "epoch_seconds": 50.0, "images_per_s": v}
+               for e, v in [(1, 220), (2, 28), (3, 215), (4, 225), (5, 218)]]
+    meta = {"hardware": "CPU", "epochs": 5.0, "metrics": {"iterations": 50}}
+    assert model_card.budget_text(meta, metrics) == "250 s of training (median 218 images/s, range 28–225) on CPU"
 
 
 def test_an_imagenet_figure_names_the_dataset_it_is_not_comparable_with():

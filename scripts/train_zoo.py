@@ -6,8 +6,7 @@ run resumably) or in a later sitting. Outputs and resume state live under ``--ro
 ``~/.cache/resattn/zoo``), outside the repository; copy a finished ``model.safetensors`` into ``checkpoints/``
 with its model card.
 
-The runs, their order and their budgets are those of the shipped set; a model card gives the command of its own run
-(the two-epoch CIFAR spatial model still shipped predates the set's 80-epoch budget).
+The runs, their order and their budgets are those of the shipped set; a model card gives the command of its own run.
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ def test_the_cifar_set_shares_one_recipe_seed_and_budget():
     """Issue 10: the CIFAR-10 checkpoints are the variants of the paper's Tables 1 and 3 and differ only in their
     variant, so the Compare page can put them side by side as the paper does."""
     metas = [resattn.read_meta(p) for p in SHIPPED]
-    current = [m for m in metas if str(m.get("dataset", "")).startswith("cifar10")]
+    current = [m for m in metas if paper._is_cifar10(m)]  # the rule the Compare page selects by
     wanted = {("mixed", "arl"), ("mixed", "nal"), ("channel", "arl"), ("spatial", "arl")}
     assert {paper.variant(m)[1:3] for m in current} >= wanted
     assert len({paper.budget_key(m) for m in current}) == 1, [m.get("epochs") for m in current]

@@ -257,3 +257,23 @@ def test_a_run_resumed_on_another_machine_names_both(tmp_path, dataset, monkeypa
     train(TrainConfig(**dict(common, out=str(tmp_path / "one"), state_dir=str(tmp_path / "s1"))))
     _, meta = resattn.load_checkpoint(tmp_path / "one" / "model.safetensors")
     assert meta["hardware"] == "machine B" and meta["hardware_log"] == [{"hardware": "machine B", "from_iteration": 0}]
+
+
+def test_a_run_stopped_by_earlier_code_resumes_bit_for_bit(tmp_path, capsys):
+    """tests/data/resume_fixture/ is a run stopped mid-epoch by the training code before the package was split into
+    modules (issue 21); resumed today it must end with exactly the weights that code's uninterrupted run ended with."""
+    import shutil
+
+    from tests.data.make_resume_fixture import HERE, RUN, STOP_AFTER, dataset, digest
+
+    expected = json.loads((HERE / "final_digest.json").read_text())
+    assert expected["run"] == RUN and expected["stop_after"] == STOP_AFTER
+    shutil.copytree(HERE / "state", tmp_path / "state")
+    shutil.copytree(HERE / "out", tmp_path / "out")
+    data = str(dataset(tmp_path))
+    train(TrainConfig(**RUN, data=data, out=str(tmp_path / "out"), state_dir=str(tmp_path / "state"), resume=True))
+    assert f"at iteration {STOP_AFTER}" in capsys.readouterr().out  # the stored state was read, not ignored
+    assert [m["epoch"] for m in read_metrics(tmp_path / "out")] == [1, 2]
+    final = digest(load_file(str(tmp_path / "out" / "model.safetensors")))
+    assert final.keys() == expected["weights"].keys()
+    assert [k for k in final if final[k] != expected["weights"][k]] == []

@@ -158,9 +158,9 @@ def test_weight_decay_scope_follows_the_recipe():
     paper, fast = TrainConfig(recipe="paper").resolved(), TrainConfig(recipe="fast").resolved()
     assert paper.weight_decay_scope == "all" and fast.weight_decay_scope == "weights"
     model = resattn.create_model("attention56_cifar", width_mult=0.125)
-    groups = resattn.train._optimizer(model, paper).param_groups
+    groups = resattn.train.build_optimizer(model, paper).param_groups
     assert len(groups) == 1 and groups[0]["weight_decay"] == 1e-4  # the paper: every parameter decays
-    groups = resattn.train._optimizer(model, fast).param_groups
+    groups = resattn.train.build_optimizer(model, fast).param_groups
     exempt = {id(p) for g in groups if g["weight_decay"] == 0 for p in g["params"]}
     assert exempt and all(p.dim() == 1 for p in model.parameters() if id(p) in exempt)
     with pytest.raises(ValueError, match="weight_decay_scope"):
@@ -245,7 +245,7 @@ def test_init_from_refuses_an_unknown_class(tmp_path, dataset):
 def test_a_run_resumed_on_another_machine_names_both(tmp_path, dataset, monkeypatch):
     common = dict(TINY, data=str(dataset), epochs=1, out=str(tmp_path / "run"), state_dir=str(tmp_path / "state"))
     assert train(TrainConfig(**common, stop_after=4)) == {"stopped_at": 4}
-    monkeypatch.setattr(resattn.train, "hardware", lambda runtime: "machine B")
+    monkeypatch.setattr(resattn.train.environment, "hardware", lambda runtime: "machine B")
     result = train(TrainConfig(**common, resume=True))
     _, meta = resattn.load_checkpoint(tmp_path / "run" / "model.safetensors")
     first, second = meta["hardware_log"]

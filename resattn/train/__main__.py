@@ -1,0 +1,5 @@
+"""``python -m resattn.train``."""
+
+from .cli import main
+
+raise SystemExit(main())

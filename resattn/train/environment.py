@@ -1,0 +1,72 @@
+"""Where a run executes: the device, CPU threads and (under ``torchrun``) the process group, and the one-line
+machine description every checkpoint carries, with the machines of a run resumed elsewhere."""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from .recipes import TrainConfig
+
+__all__ = ["Runtime", "setup_runtime", "hardware", "hardware_spans", "hardware_summary"]
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_runtime(config: TrainConfig) -> Runtime:
+    """Pick the device, threads and (under torchrun) the process group."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    want_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+    device = torch.device(f"cuda:{local_rank}" if want_cuda else "cpu")
+    if want_cuda:
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    else:
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
+        torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 1) // local_world))
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if want_cuda else "gloo")
+    return Runtime(device, rank, world_size, local_rank)
+
+
+def hardware(runtime: Runtime) -> str:
+    """A one-line description of the machine, stored with every run."""
+    if runtime.device.type == "cuda":
+        desc = f"{runtime.world_size}x {torch.cuda.get_device_name(runtime.device)}"
+    else:
+        desc = f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    return f"{desc}; torch {torch.__version__}" + (f"; {runtime.world_size} processes" if runtime.world_size > 1 else "")
+
+
+def hardware_spans(history: Sequence[dict[str, Any]], total: int) -> list[tuple[str, int, int]]:
+    """A ``hardware_log`` as (machine, first iteration, end iteration) spans of a run of ``total`` iterations."""
+    starts = [int(e["from_iteration"]) for e in history]
+    return [(str(e["hardware"]), start, end) for e, start, end in zip(history, starts, starts[1:] + [total])]
+
+
+def hardware_summary(history: Sequence[dict[str, Any]], total: int) -> str:
+    """One line for a run's machines: the one machine, or each with the iterations it trained."""
+    spans = hardware_spans(history, total)
+    if len(spans) == 1:
+        return spans[0][0]
+    return "; then ".join(f"{machine} (iterations {start}–{end})" for machine, start, end in spans)

@@ -1,0 +1,122 @@
+"""The two training recipes, the run's configuration and the learning-rate schedule (a pure function of the
+iteration, so resuming a run needs no scheduler state)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..checkpoint import read_meta
+
+__all__ = ["RECIPES", "TRAIN_ONLY", "TrainConfig", "lr_at"]
+
+RECIPES: dict[str, dict[str, Any]] = {
+    "paper": dict(
+        batch_size=64, lr=0.1, weight_decay=1e-4, schedule="step", milestones=(64_000, 96_000),
+        iterations=160_000, epochs=None, label_smoothing=0.0, per_pixel_mean=True, warmup=0.0,
+        weight_decay_scope="all",
+    ),
+    "fast": dict(
+        batch_size=128, lr=0.2, weight_decay=5e-4, schedule="onecycle", milestones=(),
+        iterations=None, epochs=2, label_smoothing=0.1, per_pixel_mean=False, warmup=0.25,
+        weight_decay_scope="weights",
+    ),
+}
+
+#: What ``--train-only`` may train: everything, stage 3 and after, or only the classifier.
+TRAIN_ONLY: tuple[str, ...] = ("all", "stage3", "head")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run; stored in ``config.json`` and in the checkpoint's ``recipe``."""
+
+    model: str = "attention56_cifar"
+    data: str = "cifar10"
+    recipe: str = "fast"
+    attention: str = "mixed"
+    learning: str = "arl"
+    mask: str = "hourglass"
+    width_mult: float = 1.0
+    epochs: float | None = None
+    iterations: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    weight_decay_scope: str | None = None  # "all" parameters, or conv/FC "weights" only; default from the recipe
+    label_smoothing: float | None = None
+    label_noise: float = 0.0
+    input_size: int | None = None
+    crop_scale: float = 0.08
+    seed: int = 0
+    out: str = "runs/run"
+    state_dir: str | None = None
+    cache_dir: str | None = None
+    resume: bool = False
+    device: str = "auto"
+    channels_last: bool = True
+    bf16: bool = True
+    compile: bool = False
+    cuda_graphs: bool = False
+    threads: int | None = None
+    train_limit: int | None = None
+    test_limit: int | None = None
+    eval_batch_size: int = 256
+    save_every: int = 200
+    stop_after: int | None = None
+    progress: str = "auto"
+    checkpoint: str | None = None
+    init_from: str | None = None
+    train_only: str = "all"
+    classes: list[str] | None = None
+    probe: int = 0
+    # filled from the recipe
+    schedule: str = field(default="", init=True)
+    milestones: tuple[int, ...] = ()
+    per_pixel_mean: bool = False
+    warmup: float = 0.0
+
+    def resolved(self) -> "TrainConfig":
+        """The config with every unset option taken from the recipe."""
+        if self.recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {sorted(RECIPES)}, got {self.recipe!r}")
+        base = RECIPES[self.recipe]
+        values = dataclasses.asdict(self)
+        for key in ("batch_size", "lr", "weight_decay", "label_smoothing", "weight_decay_scope"):
+            if values[key] is None:
+                values[key] = base[key]
+        if values["epochs"] is None and values["iterations"] is None:
+            values["epochs"], values["iterations"] = base["epochs"], base["iterations"]
+        values["schedule"] = base["schedule"]
+        values["milestones"] = tuple(base["milestones"])
+        values["per_pixel_mean"] = base["per_pixel_mean"]
+        values["warmup"] = base["warmup"]
+        if values["weight_decay_scope"] not in ("all", "weights"):
+            raise ValueError(f"weight_decay_scope must be 'all' or 'weights', got {values['weight_decay_scope']!r}")
+        if values["train_only"] not in TRAIN_ONLY:
+            raise ValueError(f"train_only must be one of {TRAIN_ONLY}, got {values['train_only']!r}")
+        if values["init_from"]:  # the architecture comes from the checkpoint
+            values["model"] = read_meta(values["init_from"])["model"]
+        if values["state_dir"] is None:
+            values["state_dir"] = os.path.join(
+                os.path.expanduser("~"), ".cache", "resattn", "runs", Path(values["out"]).name or "run"
+            )
+        return TrainConfig(**values)
+
+
+def lr_at(config: TrainConfig, iteration: int, total: int) -> float:
+    """The learning rate at ``iteration`` (0-based) of ``total``: a pure function, so resume needs no state."""
+    if config.schedule == "step":
+        # the paper's milestones are for batch 64 and 160k iterations; scale them to the run's length
+        scale = total / 160_000 if config.iterations != 160_000 else 1.0
+        drops = sum(iteration >= round(m * scale) for m in config.milestones)
+        return config.lr * (0.1**drops)
+    warm = max(1, int(config.warmup * total))
+    if iteration < warm:
+        return config.lr * (0.1 + 0.9 * iteration / warm)
+    progress = (iteration - warm) / max(1, total - warm)
+    return config.lr * 0.5 * (1 + math.cos(math.pi * progress))

@@ -8,6 +8,7 @@ Quick start::
     m = trace.module(stage=1, index=1).mask      # the soft mask M of stage 1, module 1
 """
 
+from ._version import __version__
 from .attention import AttentionModule, HourglassMask, LocalMask, MaskActivation
 from .blocks import PreActBottleneck
 from .checkpoint import CheckpointError, file_hash, load_checkpoint, read_meta, save_checkpoint
@@ -16,7 +17,6 @@ from .inspect import ModuleRecord, Trace, inspect, knockout
 from .networks import NetworkConfig, PreActResNet, ResidualAttentionNetwork
 from .registry import create_model, list_models, model_config, register_model
 
-__version__ = "0.1.0"
 
 __all__ = [
     "AttentionModule",

@@ -25,6 +25,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
+from ._version import __version__
 from .networks import ARCH_REVISION
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "read_meta", "build_overrides", "file_hash", "META_KEY"]
@@ -38,12 +39,6 @@ class CheckpointError(ValueError):
     """A checkpoint file cannot be used; the message says why and what to do."""
 
 
-def _version() -> str:
-    from . import __version__
-
-    return __version__
-
-
 def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, meta: dict[str, Any], half: bool = False) -> None:
     """Write ``model``'s weights and ``meta`` to a ``.safetensors`` file, atomically.
 
@@ -55,7 +50,7 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, meta: dict[s
     spec = getattr(model, "resattn_spec", None)
     if spec is None:
         raise CheckpointError("model was not built by resattn.create_model, so it cannot be rebuilt on load")
-    full = {**meta, "model": spec["name"], "overrides": spec["overrides"], "version": _version(), "format": FORMAT_VERSION,
+    full = {**meta, "model": spec["name"], "overrides": spec["overrides"], "version": __version__, "format": FORMAT_VERSION,
             "arch_revision": ARCH_REVISION, "storage": "float16" if half else "float32"}
     try:
         text = json.dumps(full, sort_keys=True)
@@ -182,7 +177,7 @@ def build_overrides(meta: dict[str, Any], where: str = "checkpoint") -> dict[str
         raise CheckpointError(f"{where} has an invalid architecture revision {revision!r}")
     if revision > ARCH_REVISION:
         raise CheckpointError(
-            f"{where} was written for architecture revision {revision}, but this resattn ({_version()}) only builds "
+            f"{where} was written for architecture revision {revision}, but this resattn ({__version__}) only builds "
             f"revisions 1 to {ARCH_REVISION}: the network it describes computes something this version cannot. "
             "Upgrade resattn to load it."
         )

@@ -1,0 +1,45 @@
+"""Who may start and stop jobs (the Train page; the command line is trusted).
+
+With a passphrase set (``RESATTN_JOBS_PASSPHRASE`` or the Streamlit secret ``jobs_passphrase``), submitting and
+cancelling need it and its holders may cancel any job; without one, anyone may submit and a session cancels
+only the jobs it started. A session may have at most ``RESATTN_JOBS_MAX_QUEUED`` (default 3) queued jobs.
+Each rule returns why an action is refused (a sentence for the page), or None when it is allowed.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from .manager import JobManager
+from .store import Job
+
+
+def passphrase_matches(given: str | None, required: str | None) -> bool:
+    """Whether ``given`` is the passphrase (constant-time comparison); always True when none is required."""
+    if not required:
+        return True
+    return hmac.compare_digest((given or "").encode(), required.encode())
+
+
+def submit_refusal(manager: JobManager, owner: str, *, passphrase_set: bool, unlocked: bool, max_queued: int,
+                   count: int = 1) -> str | None:
+    """Why session ``owner`` may not submit ``count`` job(s) now, or None if it may."""
+    if passphrase_set and not unlocked:
+        return "Starting jobs on this server needs the passphrase."
+    queued = manager.queued_count(owner)
+    if queued + count > max_queued:
+        return (f"This session already has {queued} queued job(s); the limit is {max_queued} per session. "
+                "Wait for them to start, or cancel one.")
+    return None
+
+
+def cancel_refusal(job: Job, owner: str, *, passphrase_set: bool, unlocked: bool) -> str | None:
+    """Why session ``owner`` may not cancel ``job``, or None if it may: with a passphrase set, its holders may
+    cancel any job; without one, a session cancels only the jobs it started."""
+    if not job.active:
+        return f"Job {job.id} has already ended ({job.state})."
+    if passphrase_set:
+        return None if unlocked else "Cancelling jobs on this server needs the passphrase."
+    if job.owner != owner:
+        return f"Job {job.id} was started by another session; only that session can cancel it."
+    return None

@@ -1,0 +1,257 @@
+"""The job records: ``jobs.sqlite`` in the jobs directory (schema, connections, write transactions, queries)
+and each job's folder ``job_NNNNN/``, as :class:`Job` and :class:`Progress` values.
+
+Every call opens its own connection and every state change runs in a ``BEGIN IMMEDIATE`` transaction, so
+several threads and processes (the app, the command line, every job's supervisor) may use one store at once;
+the journal is in WAL mode, so readers never wait for the writer. Standard library only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import ACTIVE, DB_NAME, LOG_NAME, JobError, jobs_dir
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    state TEXT NOT NULL,
+    label TEXT NOT NULL,
+    options TEXT NOT NULL,
+    owner TEXT,
+    grp TEXT,
+    device TEXT NOT NULL,
+    nproc INTEGER NOT NULL DEFAULT 1,
+    threads INTEGER,
+    folder TEXT NOT NULL,
+    created REAL NOT NULL,
+    started REAL,
+    ended REAL,
+    pid INTEGER,
+    pid_start INTEGER,
+    trainer_pid INTEGER,
+    trainer_start INTEGER,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    returncode INTEGER,
+    error TEXT
+);
+"""
+
+
+@dataclass
+class Progress:
+    """How far a job is: from the trainer's ``metrics.jsonl`` (per epoch) and its progress bar in the log."""
+
+    fraction: float = 0.0  # 0–1
+    iteration: int = 0
+    iterations: int | None = None
+    epoch: int = 0  # epochs finished
+    epochs: int | None = None
+    eta_s: float | None = None
+    rate: float | None = None  # iterations per second
+
+
+@dataclass
+class Job:
+    """One job's record (a row of ``jobs.sqlite``)."""
+
+    id: int
+    state: str
+    label: str
+    options: list[str]
+    owner: str | None
+    group: str | None
+    device: str
+    nproc: int
+    threads: int | None
+    folder: Path
+    created: float
+    started: float | None = None
+    ended: float | None = None
+    pid: int | None = None
+    pid_start: int | None = None
+    trainer_pid: int | None = None
+    trainer_start: int | None = None
+    cancel_requested: bool = False
+    returncode: int | None = None
+    error: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE
+
+    @property
+    def device_label(self) -> str:
+        if self.device == "cuda":
+            return "cuda" if self.nproc == 1 else f"cuda ×{self.nproc} (torchrun)"
+        return f"cpu ({self.threads} thread{'s' if self.threads != 1 else ''})" if self.threads else "cpu"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        """Where the trainer writes the job's checkpoint."""
+        return self.folder / f"job-{self.id}.safetensors"
+
+    @property
+    def checkpoint(self) -> Path | None:
+        """The trained checkpoint of a succeeded job, else None."""
+        path = self.checkpoint_path
+        return path if self.state == "succeeded" and path.is_file() else None
+
+    @property
+    def log_path(self) -> Path:
+        return self.folder / LOG_NAME
+
+    def to_dict(self, progress: Progress | None = None) -> dict[str, Any]:
+        """The JSON form (``list --json``, ``show --json``)."""
+        p = progress or Progress()
+        return {
+            "id": self.id, "state": self.state, "label": self.label, "device": self.device, "nproc": self.nproc,
+            "threads": self.threads, "progress": round(p.fraction, 4), "iteration": p.iteration,
+            "iterations": p.iterations, "epoch": p.epoch, "epochs": p.epochs,
+            "eta_s": None if p.eta_s is None else round(p.eta_s, 1),
+            "checkpoint": str(self.checkpoint) if self.checkpoint else None, "error": self.error,
+            "created": self.created, "started": self.started, "ended": self.ended, "group": self.group,
+            "folder": str(self.folder), "options": self.options,
+        }
+
+
+_COLUMNS = ("id", "state", "label", "options", "owner", "grp", "device", "nproc", "threads", "folder", "created",
+            "started", "ended", "pid", "pid_start", "trainer_pid", "trainer_start", "cancel_requested", "returncode",
+            "error")
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM jobs"
+
+
+def _job(row: Sequence[Any], root: Path) -> Job:
+    values = dict(zip(_COLUMNS, row))
+    values["options"] = json.loads(values["options"])
+    values["group"] = values.pop("grp")
+    values["folder"] = root / values["folder"]
+    values["cancel_requested"] = bool(values["cancel_requested"])
+    return Job(**values)
+
+
+class JobStore:
+    """The jobs of one jobs directory ``root``: the database ``root/jobs.sqlite`` (created on first use) and the
+    job folders ``root/job_NNNNN/``."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        conn = self.connect()
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
+            conn.executescript(_SCHEMA)
+        finally:
+            conn.close()
+
+    @property
+    def db_path(self) -> Path:
+        return self.root / DB_NAME
+
+    def connect(self) -> sqlite3.Connection:
+        """A new connection in autocommit mode (transactions are explicit: :meth:`transaction`)."""
+        return sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction: one writer at a time across processes, so state changes never interleave."""
+        conn = self.connect()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    def select(self, conn: sqlite3.Connection, where: str = "", args: Sequence[Any] = ()) -> list[Job]:
+        """The jobs matching an SQL ``WHERE``/``ORDER BY`` tail, read on ``conn``."""
+        return [_job(row, self.root) for row in conn.execute(f"{_SELECT} {where}", args).fetchall()]
+
+    def find(self, conn: sqlite3.Connection, job_id: int) -> Job | None:
+        """Job ``job_id`` read on ``conn``, or None if there is none."""
+        found = self.select(conn, "WHERE id = ?", (int(job_id),))
+        return found[0] if found else None
+
+    def update(self, conn: sqlite3.Connection, job_id: int, **values: Any) -> None:
+        """Set columns of job ``job_id`` (inside the caller's transaction)."""
+        names = ", ".join(f"{k} = ?" for k in values)
+        conn.execute(f"UPDATE jobs SET {names} WHERE id = ?", [*values.values(), job_id])
+
+    def read(self, where: str = "", args: Sequence[Any] = ()) -> list[Job]:
+        """:meth:`select` on a connection of its own (no transaction: a consistent snapshot, no lock)."""
+        conn = self.connect()
+        try:
+            return self.select(conn, where, args)
+        finally:
+            conn.close()
+
+    def get(self, job_id: int) -> Job:
+        """One job; :class:`JobError` if there is none with that id."""
+        found = self.read("WHERE id = ?", (int(job_id),))
+        if not found:
+            raise JobError(f"there is no job {job_id} in {self.root}")
+        return found[0]
+
+    def count_queued(self, owner: str | None = None) -> int:
+        """How many jobs are queued (of session ``owner`` only, when given)."""
+        conn = self.connect()
+        try:
+            if owner is None:
+                return conn.execute("SELECT COUNT(*) FROM jobs WHERE state = 'queued'").fetchone()[0]
+            query = "SELECT COUNT(*) FROM jobs WHERE owner = ? AND state = 'queued'"
+            return conn.execute(query, (owner,)).fetchone()[0]
+        finally:
+            conn.close()
+
+    def insert(self, conn: sqlite3.Connection, *, label: str, owner: str | None, group: str | None, device: str,
+               nproc: int, threads: int | None) -> tuple[int, Path]:
+        """Add a queued job's row and make its empty folder ``job_NNNNN``; returns (id, folder). Its options
+        are recorded by :meth:`record` once they are final (they may name files in the folder)."""
+        cur = conn.execute(
+            "INSERT INTO jobs (state, label, options, owner, grp, device, nproc, threads, folder, created) "
+            "VALUES ('queued', ?, '[]', ?, ?, ?, ?, ?, '', ?)",
+            (label, owner, group, device, nproc, threads, time.time()),
+        )
+        job_id = int(cur.lastrowid)  # type: ignore[arg-type]
+        folder = self.root / f"job_{job_id:05d}"
+        if folder.exists():  # left over from a deleted jobs.sqlite: keep it, aside
+            folder.rename(folder.with_name(f"{folder.name}.old-{int(time.time())}"))
+        folder.mkdir(parents=True)
+        return job_id, folder
+
+    def record(self, conn: sqlite3.Connection, folder: Path, request: dict[str, Any]) -> Job:
+        """Record a new job's final ``request["options"]`` and write ``request`` (what was asked) to its
+        ``job.json``; returns the job."""
+        job_id = request["id"]
+        self.update(conn, job_id, options=json.dumps(request["options"]), folder=folder.name)
+        (folder / "job.json").write_text(json.dumps(request, indent=2) + "\n")
+        return self.select(conn, "WHERE id = ?", (job_id,))[0]
+
+
+def succeeded_checkpoints(root: str | os.PathLike[str] | None = None) -> list[tuple[Job, Path]]:
+    """(job, checkpoint) of every succeeded job, newest first; nothing (and no folder created) when there is no
+    jobs database yet. Cheap: one query, no reconcile, no process started."""
+    root = jobs_dir(root)
+    if not (root / DB_NAME).is_file():
+        return []
+    conn = sqlite3.connect(root / DB_NAME, timeout=30, isolation_level=None)
+    try:
+        rows = conn.execute(f"{_SELECT} WHERE state = 'succeeded' ORDER BY id DESC").fetchall()
+    except sqlite3.DatabaseError:
+        return []
+    finally:
+        conn.close()
+    jobs = [_job(row, root) for row in rows]
+    return [(job, job.checkpoint) for job in jobs if job.checkpoint is not None]

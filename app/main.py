@@ -1,6 +1,7 @@
 """The resattn explorer: ``streamlit run app/main.py``.
 
-The sidebar (model, image, stage, module, colours) is shared by every page; each page lives in ``app/views/``.
+The sidebar (model, image, stage, module, colours) is shared by every page; each page lives in ``app/views/``,
+the parts pages share in ``app/ui/``.
 """
 
 import sys
@@ -9,11 +10,11 @@ from pathlib import Path
 import streamlit as st
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))  # `import components, state` from any working directory
+sys.path.insert(0, str(HERE))  # `from ui import components, state` from any working directory
 if str(HERE.parent) not in sys.path:
     sys.path.append(str(HERE.parent))  # `import resattn` from a checkout that is not pip-installed
 
-import components  # noqa: E402
+from ui import components  # noqa: E402
 
 st.set_page_config(page_title="resattn explorer", page_icon=":material/search:", layout="wide")
 

@@ -41,8 +41,7 @@ def panels(record: dict, picture: np.ndarray, how: str, manifest: dict) -> None:
 
 
 def new_upload(model: torch.nn.Module, meta: dict, data: bytes, stage: int) -> tuple[object, np.ndarray]:
-    import components
-    import state
+    from ui import components, state
 
     image = images.load_image(data, "upload.png")
     images.image_hash(image)
@@ -69,7 +68,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (the app's default is 1)")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    import state  # sets the app's thread count; the command line overrides it
+    from ui import state  # sets the app's thread count; the command line overrides it
 
     torch.set_num_threads(args.threads)
 

@@ -78,7 +78,7 @@ def captions(at: AppTest) -> str:
 
 
 def model_key(at: AppTest, stem: str) -> str:
-    import state
+    from ui import state
 
     return next(e.key for e in state.catalogue(include_random=True) if e.path is not None and e.path.stem == stem)
 
@@ -105,7 +105,7 @@ def test_photos_open_with_the_photo_model_and_every_panel_has_a_colorbar(app):
 
 
 def test_the_model_input_is_exactly_what_evaluation_feeds(app):
-    import state
+    from ui import state
     from resattn.preprocess import Preprocessing
 
     ctx = app.session_state["_context"]
@@ -148,7 +148,7 @@ def test_camera_input_path(app):
 
 
 def test_random_models_stay_hidden_until_asked_for(app):
-    import state
+    from ui import state
 
     labels = app.selectbox(key="model").options  # AppTest lists the labels the picker shows
     assert "a_tiny" in labels and "b_photo" in labels
@@ -178,7 +178,7 @@ def test_broken_checkpoint_falls_back_with_its_reason(app):
 def test_a_model_switch_shows_the_new_models_predictions(app):
     """The trace cache is keyed by the model: after a switch the table holds the new model's classes and
     probabilities, exactly as a direct computation gives them."""
-    import state
+    from ui import state
 
     photo_top = top5(app)
     at = use_model(app, "a_tiny")
@@ -258,7 +258,7 @@ def test_panel_exports(app):
 
 
 def test_export_npz_and_manifest_content(app):
-    import components
+    from ui import components
 
     ctx = app.session_state["_context"]
     manifest = components.manifest(ctx, reduction="mean", method="soft mask", predicted_class="cat")
@@ -381,7 +381,7 @@ def test_shared_results_compute_once_and_tell_a_waiting_session():
     import threading
     import time
 
-    import state
+    from ui import state
 
     shared = state.SharedResults(max_entries=2)
     started, calls, messages, results = threading.Event(), [], [], []

@@ -268,7 +268,7 @@ import inspect
 import sys
 sys.path.insert(0, {app!r})
 import streamlit as st
-import components, dataset_tools, faithful_panels
+from ui import components, dataset_tools, faithful_panels
 
 components.keep_widget_state()
 st.session_state.pop("_context", None)
@@ -307,7 +307,7 @@ def test_panels_and_picked_image_in_a_small_script(checkpoints, monkeypatch):
 
 
 def test_sanity_with_progress_equals_the_librarys_sanity_check(tiny_cifar):
-    import faithful_panels
+    from ui import faithful_panels
 
     x = torch.randn(1, 3, 32, 32)
     calls = []
@@ -325,7 +325,7 @@ def test_sanity_with_progress_equals_the_librarys_sanity_check(tiny_cifar):
 
 
 def test_label_map_matches_folders_and_names_and_refuses_unknown_classes():
-    import dataset_tools
+    from ui import dataset_tools
 
     meta = {"classes": ["tench", "church"], "class_folders": ["n01440764", "n03028079"]}
     assert dataset_tools.label_map(["n03028079", "n01440764"], meta) == [1, 0]

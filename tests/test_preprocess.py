@@ -32,7 +32,7 @@ def _member_images(source, split):
 
 
 def _same_inputs(checkpoint, data):
-    import state  # the app's model input
+    from ui import state  # the app's model input
 
     meta = resattn.read_meta(checkpoint)
     decoded, normalizer = evaluation_data(meta, str(data), "test")

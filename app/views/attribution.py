@@ -6,10 +6,9 @@ import time
 import numpy as np
 import streamlit as st
 
-import components
-import faithful_panels
-import state
 from resattn import attribution, maps
+
+from ui import components, faithful_panels, state
 
 st.title("Masks and attributions")
 ctx = components.require_context()

@@ -8,10 +8,10 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-import components
 import resattn
-import state
 from resattn import maps, paper
+
+from ui import components, state
 
 CONTRASTS = {"shared_fixed": "one fixed scale for the row", "shared_stretch": "one stretched scale for the row",
              "per_model": "stretched per model"}

@@ -9,13 +9,13 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
-import components
-import dataset_tools as tools
 import resattn
-import state
 from resattn import maps, masks
 from resattn.archive import ArchiveError
 from resattn.data import DataError
+
+from ui import components, state
+from ui import dataset_tools as tools
 
 UPLOAD = "Upload a zip of class folders…"
 THUMB = 112  # grid thumbnails are drawn at this side

@@ -6,8 +6,9 @@ import time
 import numpy as np
 import streamlit as st
 
-import components
 from resattn import maps
+
+from ui import components
 
 REDUCTION_NAMES = {"mean": "mean", "max": "max", "channel": "one channel", "topk": "top-k by mask energy"}
 

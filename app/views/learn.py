@@ -5,11 +5,10 @@ import time
 import numpy as np
 import streamlit as st
 
-import components
-import faithful_panels
-import state
 from resattn import maps, paper
 from resattn.attention import CHANNEL_EPS, SPATIAL_EPS
+
+from ui import components, faithful_panels, state
 
 st.title("Learn: Residual Attention Network (Wang et al., CVPR 2017)")
 start = time.perf_counter()

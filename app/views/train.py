@@ -19,10 +19,11 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 import resattn
-import state
 from resattn import jobs
 from resattn.archive import ArchiveError
 from resattn.data import DataError, class_names, open_split
+
+from ui import state
 
 REFRESH_S = 2.0
 PRESETS = {"stage3": "Last stage only (stage 3 + classifier)", "all": "Whole network", "head": "Classifier only"}

@@ -38,7 +38,7 @@ from resattn import archive, images, masks
 from resattn.data import DataError, Decoded, SplitSource, class_names, open_split, read_member
 from resattn.preprocess import Preprocessing
 
-import state
+from . import state
 
 #: Images per cached chunk (one progress step, one batched pass).
 CHUNK = 50

@@ -26,10 +26,10 @@ import torch
 from plotly.subplots import make_subplots
 from torch import nn
 
-import components
-import state
 from resattn import faithfulness as F
 from resattn import maps
+
+from . import components, state
 
 Progress = Callable[[int, int, str], None]
 #: One colour per map, the same in every plot.

@@ -24,8 +24,7 @@ import resattn
 from resattn import images, maps
 from resattn.preprocess import Preprocessing
 
-import dataset_tools
-import state
+from . import dataset_tools, state
 
 DISPLAY_SIDE = 320  # panels are drawn at this longer side (maps are upsampled to it)
 SOURCES = ("Gallery", "Upload", "Camera")

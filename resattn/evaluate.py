@@ -4,6 +4,10 @@ Prints JSON: top-1, mean loss, per-class accuracy, the confusion matrix (rows: t
 and the number of images. Every image goes through :class:`resattn.preprocess.Preprocessing` built from the
 checkpoint's metadata, the same path the explorer uses.
 
+``--limit N`` evaluates N images evenly spaced through the split (:func:`resattn.masks.spread_indices`): splits are
+sorted by class, so the first N would all be of the first class. Per-class accuracy lists only the classes that
+have images among those evaluated.
+
 ``--compare OTHER`` also evaluates a second checkpoint on the same images and adds a paired comparison
 (:func:`paired_comparison`): how many images only one of the two gets right, the accuracy gap with its paired
 standard error, and McNemar's exact test. Two models tested on the same images make correlated mistakes, so this
@@ -21,6 +25,7 @@ import torch
 
 from .checkpoint import load_checkpoint
 from .data import DataError, Decoded, Normalizer, load_split
+from .masks import spread_indices
 from .preprocess import Preprocessing
 from .train import Runtime, evaluate_model
 
@@ -49,19 +54,23 @@ def evaluate_checkpoint(
     device: str = "auto",
     keep_predictions: bool = False,
 ) -> dict:
-    """Load ``checkpoint`` safely and evaluate it on ``split`` of ``data``; returns the metrics dict (with
-    ``keep_predictions``, also every image's ``predictions`` and ``labels``, in split order)."""
+    """Load ``checkpoint`` safely and evaluate it on ``split`` of ``data`` (``limit``: that many images evenly
+    spaced through the split, so over every class); returns the metrics dict (with ``keep_predictions``, also
+    every image's ``predictions`` and ``labels``, in split order). ``per_class`` leaves out classes with no image."""
     model, meta = load_checkpoint(checkpoint)
     dev = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
     model = model.to(dev).to(memory_format=torch.channels_last)
     decoded, normalizer = evaluation_data(meta, data, split, cache_dir)
     if limit is not None:
-        decoded.images, decoded.labels = decoded.images[:limit], decoded.labels[:limit]
+        chosen = torch.from_numpy(spread_indices(len(decoded.labels), limit))
+        decoded.images, decoded.labels = decoded.images[chosen], decoded.labels[chosen]
     normalizer = normalizer.to(dev)
     result = evaluate_model(model, decoded, normalizer, Runtime(dev), batch_size, num_classes=len(decoded.classes),
                             keep_predictions=keep_predictions)
     names = meta.get("classes", decoded.classes)
-    result["per_class"] = dict(zip(names, result["per_class"].values()))
+    counts = torch.bincount(decoded.labels, minlength=len(names)).tolist()
+    result["per_class"] = {name: accuracy for name, accuracy, count in zip(names, result["per_class"].values(), counts)
+                           if count}
     if keep_predictions:
         result["labels"] = decoded.labels.tolist()
     return {"checkpoint": os.path.basename(checkpoint), "data": os.path.basename(data), "split": split, **result}
@@ -125,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="test", help="which split to evaluate")
     p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size")
     p.add_argument("--cache-dir", help="cache decoded datasets here")
-    p.add_argument("--limit", type=int, help="evaluate only the first N images")
+    p.add_argument("--limit", type=int, help="evaluate N images evenly spaced through the split (so over every class)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="evaluation device")
     p.add_argument("--compare", metavar="OTHER", help="a second checkpoint: evaluate it on the same images and "
                                                        "compare the two per image (McNemar's exact test)")

@@ -73,3 +73,20 @@ def test_a_checkpoint_with_other_classes_is_refused(data_and_models):
     data, (first, _, other_classes) = data_and_models
     with pytest.raises(DataError, match="trained on"):
         compare_checkpoints(first, other_classes, data)
+
+
+def test_limit_spreads_over_the_classes_and_reports_only_classes_it_saw(data_and_models, capsys):
+    data, (first, second, _) = data_and_models
+    full = evaluate_checkpoint(first, data, keep_predictions=True)
+    assert full["labels"] == [0] * 6 + [1] * 6 + [2] * 6  # the split is sorted by class
+    three = evaluate_checkpoint(first, data, limit=3, keep_predictions=True)
+    assert three["labels"] == [0, 1, 2] and three["images"] == 3  # one per class, not the first three cats
+    assert three["predictions"] == [full["predictions"][i] for i in (0, 6, 12)]
+    assert set(three["per_class"]) == set(CLASSES)
+    for name, position in zip(CLASSES, (0, 6, 12)):
+        assert three["per_class"][name] == float(full["predictions"][position] == full["labels"][position])
+    two = evaluate_checkpoint(first, data, limit=2)
+    assert set(two["per_class"]) == {"cat", "dog"}  # frog has no image among the two: left out, not 0.0
+    assert main(["--checkpoint", first, "--compare", second, "--data", data, "--limit", "3"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["paired"]["images"] == 3 and set(printed["a"]["per_class"]) == set(CLASSES)

@@ -139,6 +139,21 @@ def test_limit_spreads_over_the_split():
     assert M.spread_indices(5, None).tolist() == M.spread_indices(5, 9).tolist() == [0, 1, 2, 3, 4]
 
 
+def test_limit_spreads_when_the_count_does_not_divide_the_split():
+    """6 of 10 must reach the end of the split; an integer step (10 // 6 = 1) would take the first six."""
+    assert M.spread_indices(10, 6).tolist() == [0, 1, 3, 5, 6, 8]
+    # a class-sorted split (10 classes of 1,000): 300 images give every class its 30, 7 give 7 classes one each
+    labels = np.repeat(np.arange(10), 1000)
+    assert np.bincount(labels[M.spread_indices(10_000, 300)], minlength=10).tolist() == [30] * 10
+    assert len(set(labels[M.spread_indices(10_000, 7)].tolist())) == 7
+    # the limits, at their boundaries
+    assert M.spread_indices(10, 10).tolist() == M.spread_indices(10, 11).tolist() == list(range(10))
+    assert M.spread_indices(10, 9).tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8] and M.spread_indices(10, 1).tolist() == [0]
+    for limit in (0, -1):
+        with pytest.raises(ValueError, match="positive"):
+            M.spread_indices(10, limit)
+
+
 def test_cli_writes_npz_and_png_deterministically(tmp_path, checkpoint, dataset, collected, capsys):
     outs = []
     for run in ("a", "b"):

@@ -81,3 +81,28 @@ def test_resize_center_crop_geometry():
     torch.testing.assert_close(prep.denormalize(x), torch.zeros_like(x))
     with pytest.raises(ValueError, match="larger"):
         resize_center_crop(image, 10, 20)
+
+
+def _coordinates(width: int, height: int) -> Image.Image:
+    """Red = column, green = row, blue = 0: every pixel says where it came from (both sides at most 256)."""
+    rows, cols = np.mgrid[0:height, 0:width]
+    return Image.fromarray(np.stack([cols, rows, np.zeros_like(rows)], axis=-1).astype(np.uint8))
+
+
+@pytest.mark.parametrize("width, height", [(200, 100), (100, 200)], ids=["landscape", "portrait"])
+def test_the_centre_crop_is_centred_in_both_directions(width, height):
+    """A black test image hides misplaced rows: on a coordinate image, the crop's first pixel names its offsets."""
+    crop = np.asarray(resize_center_crop(_coordinates(width, height), 100, 72)).astype(int)  # no resampling: 100 fits
+    left, top = (width - 72) // 2, (height - 72) // 2
+    assert crop.shape == (72, 72, 3)
+    assert crop[0, 0, 0] == left and crop[0, 0, 1] == top and crop[-1, -1, 0] == left + 71 and crop[-1, -1, 1] == top + 71
+    # the displayed region is the same square at the image's own resolution
+    prep = Preprocessing(72, 82, (0.5,) * 3, (0.25,) * 3)
+    view = np.asarray(prep.view(_coordinates(width, height))).astype(int)
+    side = round(100 * 72 / 82)
+    assert view.shape == (side, side, 3)
+    assert view[0, 0, 0] == (width - side) // 2 and view[0, 0, 1] == (height - side) // 2
+    # with resampling (the shorter side 100 → 50), the crop of a linear ramp is still centred: its mean is the middle
+    small = np.asarray(resize_center_crop(_coordinates(width, height), 50, 40)).astype(float)
+    assert small[..., 0].mean() == pytest.approx((width - 1) / 2, abs=1.5)
+    assert small[..., 1].mean() == pytest.approx((height - 1) / 2, abs=1.5)

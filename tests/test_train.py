@@ -277,3 +277,29 @@ def test_a_run_stopped_by_earlier_code_resumes_bit_for_bit(tmp_path, capsys):
     final = digest(load_file(str(tmp_path / "out" / "model.safetensors")))
     assert final.keys() == expected["weights"].keys()
     assert [k for k in final if final[k] != expected["weights"][k]] == []
+
+
+def test_train_only_stage3_trains_the_tail_of_an_imagenet_topology_model(tmp_path):
+    """ImageNet-topology networks have a ``tail`` (three units at 7×7) after stage 3; ``--train-only stage3`` trains
+    stage 3 *and everything after it*, so the tail must learn. (The CIFAR topology has no tail.)"""
+    root = tmp_path / "data"
+    data = zip_tree(make_tree(root / "tree", per_class=(8, 2), size=64), root / "photos.zip")
+    torch.manual_seed(0)
+    model = resattn.create_model("attention56_imagenet", width_mult=0.0625, num_classes=3)
+    assert any(True for _ in model.tail.parameters())
+    meta = {"classes": ["cat", "dog", "frog"], "input_size": 64, "resize": 64, "mean": [0.5] * 3, "std": [0.25] * 3}
+    resattn.save_checkpoint(tmp_path / "base.safetensors", model.eval(), meta)
+    base = load_file(str(tmp_path / "base.safetensors"))
+    out = tmp_path / "tuned"
+    train(TrainConfig(**{**TINY, "model": "attention56_imagenet"}, data=str(data), epochs=1, lr=0.05, out=str(out),
+                      state_dir=str(tmp_path / "s"), init_from=str(tmp_path / "base.safetensors"),
+                      train_only="stage3"))
+    tuned = _final_weights(out)
+
+    def moved(prefix: str) -> list[str]:
+        return [k for k in base if k.startswith(prefix) and not torch.equal(tuned[k], base[k])]
+
+    assert moved("stem.") == moved("stage1.") == moved("stage2.") == []  # frozen, statistics included
+    for part in ("stage3.", "tail.", "norm.", "fc."):
+        assert any(k.endswith("weight") for k in moved(part)), f"{part} did not train"
+    assert any(k.startswith("tail.") and k.endswith("running_mean") for k in moved("tail."))  # in train mode

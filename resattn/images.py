@@ -36,6 +36,7 @@ __all__ = [
     "MAX_PIXELS",
     "MAX_SIDE",
     "load_image",
+    "image_size",
     "image_hash",
     "fit_to_input",
     "to_tensor",
@@ -163,6 +164,14 @@ def load_image(
     if max(image.size) > max_side:
         image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     return image
+
+
+def image_size(data: bytes, name: str = "the file", *, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """(width, height) of an encoded image read from its header only, nothing decoded: what decoding it would
+    cost is known first. Raises :class:`ImageError` as :func:`load_image` does for a file it would refuse before
+    decoding (not an image, an unsupported format, more than ``max_pixels`` pixels)."""
+    with _open(data, name, max_pixels) as image:
+        return image.size
 
 
 def image_hash(image: Image.Image) -> str:

@@ -18,7 +18,7 @@ LAYERS: list[set[str]] = [
     {"networks", "inspect", "images", "attribution"},                             # networks; looking inside them
     {"registry", "archive"},                                                      # named models; uploaded archives
     {"checkpoint"},                                                               # safe files of named models
-    {"masks", "train"},                                                           # masks over data; training
+    {"masks", "parts", "train"},                                                  # masks, their parts; training
     {"faithfulness", "evaluate"},                                                 # faithfulness; trained files
     {"jobs"},                                                                     # background fine-tuning jobs
 ]

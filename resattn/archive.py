@@ -22,13 +22,23 @@ extracted. Extraction writes only inside the target folder, which must not exist
 optionally under one top-level folder, or just class folders, which are then split deterministically: within
 each class, files sorted by name, every fifth (the 5th, 10th, …) goes to ``test/`` — and a class of 2–4 images
 gives its last one — so the split is stratified and the same for the same archive.
+
+:func:`extract_dataset_apart` runs the same check in a child process at lower priority, so a server (the app)
+never spends its own thread or CPU share on an untrusted archive: it waits, asleep, for the verdict, stops a check
+that runs past a time limit, and a check whose caller dies stops itself.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import shutil
 import stat
+import subprocess
+import sys
+import threading
+import time
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -37,7 +47,8 @@ from pathlib import Path, PurePosixPath
 
 from .data import IMAGE_EXTENSIONS
 
-__all__ = ["ArchiveError", "Limits", "Extracted", "check_zip", "extract_zip", "extract_dataset", "SPLIT_NAMES"]
+__all__ = ["ArchiveError", "Limits", "Extracted", "check_zip", "extract_zip", "extract_dataset", "extract_dataset_apart",
+           "SPLIT_NAMES"]
 
 #: Folder names that mark a train / test layout (``val`` is accepted for ``test``, as Imagenette names it).
 SPLIT_NAMES = ("train", "test", "val")
@@ -315,3 +326,65 @@ def extract_dataset(
     classes = sorted({r[1] for r in relative})
     counts = {split: sum(r[0] == split for r in relative) for split in ("train", "test")}
     return Extracted(Path(target), classes, counts, layout["kind"], skipped)
+
+
+# ---------------------------------------------------------------------------------------------- in a child process
+
+#: The child's program: ``resattn`` importable from this checkout, then :func:`_child` with the request.
+_CHILD = "import sys; sys.path.insert(0, sys.argv[1]); from resattn.archive import _child; _child(sys.argv[2])"
+#: Niceness of the checking process: the server's own work comes first.
+CHECK_NICENESS = 10
+
+
+def extract_dataset_apart(
+    path: str | os.PathLike[str], target: str | os.PathLike[str], limits: Limits = Limits(), *,
+    timeout_s: float = 600.0, niceness: int = CHECK_NICENESS,
+) -> Extracted:
+    """:func:`extract_dataset` in a child process at niceness ``niceness``: the caller's thread only waits, so a
+    server never decodes an untrusted archive itself. Raises :class:`ArchiveError` as :func:`extract_dataset`
+    does, and for a check that runs past ``timeout_s`` seconds (the child is killed and ``target`` removed)."""
+    request = json.dumps({"path": os.fspath(path), "target": os.fspath(target), "niceness": niceness,
+                          "limits": dataclasses.asdict(limits)})
+    command = [sys.executable, "-c", _CHILD, str(Path(__file__).resolve().parents[1]), request]
+    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        shutil.rmtree(target, ignore_errors=True)
+        raise ArchiveError(f"checking {Path(path).name} took over {timeout_s:g} s; refusing it") from None
+    try:
+        answer = json.loads(out.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        shutil.rmtree(target, ignore_errors=True)
+        last = (err.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        raise ArchiveError(f"{Path(path).name} could not be checked ({last})") from None
+    if "refused" in answer:
+        raise ArchiveError(answer["refused"])
+    return Extracted(Path(answer["root"]), answer["classes"], answer["counts"], answer["layout"], answer["skipped"])
+
+
+def _stop_with(parent: int) -> None:
+    """Exit at once when the process that asked for the check is gone (its parent pid changes)."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(3)
+
+
+def _child(request_json: str) -> None:
+    """The child of :func:`extract_dataset_apart`: check and extract, print the answer as one JSON line."""
+    request = json.loads(request_json)
+    try:
+        os.nice(int(request["niceness"]))
+    except OSError:
+        pass
+    threading.Thread(target=_stop_with, args=(os.getppid(),), daemon=True).start()
+    try:
+        done = extract_dataset(request["path"], request["target"], Limits(**request["limits"]))
+    except ArchiveError as exc:
+        print(json.dumps({"refused": str(exc)}), flush=True)
+        return
+    print(json.dumps({"root": str(done.root), "classes": done.classes, "counts": done.counts,
+                      "layout": done.layout, "skipped": done.skipped}), flush=True)

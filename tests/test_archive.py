@@ -123,3 +123,61 @@ def test_a_tiny_zip_of_huge_blank_images_is_refused_in_a_moment(tmp_path):
     with pytest.raises(ArchiveError, match="pixels together"):
         extract_dataset(upload, tmp_path / "out")
     assert time.process_time() - start < 5
+
+
+# ---------------------------------------------------------------------------------------------- apart from the caller
+
+
+def _children_nice(parent: int) -> dict[int, int]:
+    """{pid: niceness} of the live children of ``parent``."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                text = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = text[text.rindex(")") + 2:].split()
+            if int(fields[1]) == parent:
+                found[int(entry.name)] = int(fields[16])
+    return found
+
+
+def test_a_check_apart_runs_in_a_lower_priority_child_and_the_caller_only_waits(tmp_path):
+    import os
+    import threading
+    import time
+
+    upload = _zip(tmp_path / "photos.zip", _classes(8, _png(1500, 1500)))  # some decoding to do
+    seen: dict[int, int] = {}
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            seen.update(_children_nice(os.getpid()))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    start = time.thread_time()
+    try:
+        apart = archive.extract_dataset_apart(upload, tmp_path / "apart")
+    finally:
+        done.set()
+        watcher.join()
+    assert time.thread_time() - start < 0.5  # the caller's thread spent (almost) nothing on it
+    here = extract_dataset(upload, tmp_path / "here")
+    assert (apart.classes, apart.counts, apart.layout) == (here.classes, here.counts, here.layout)
+    assert apart.root == tmp_path / "apart" and len(list(apart.root.rglob("*.png"))) == 8
+    assert seen and set(seen.values()) == {os.nice(0) + archive.CHECK_NICENESS}
+
+
+def test_a_check_apart_refuses_as_the_check_does_and_stops_at_its_time_limit(tmp_path):
+    bad = _zip(tmp_path / "bad.zip", {**_classes(4, _png()), "cat/../../escape.png": _png()})
+    with pytest.raises(ArchiveError, match="escapes the target folder"):
+        archive.extract_dataset_apart(bad, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+    good = _zip(tmp_path / "good.zip", _classes(4, _png()))
+    with pytest.raises(ArchiveError, match="took over 0.5 s"):
+        archive.extract_dataset_apart(good, tmp_path / "slow", timeout_s=0.5)  # the child needs seconds to start
+    assert not (tmp_path / "slow").exists()

@@ -84,10 +84,10 @@ class UploadedDataset:
 
 
 def check_and_extract(zip_path: Path, target: Path) -> archive.Extracted:
-    """ADAPTER over :func:`resattn.archive.extract_dataset`: the one place this app calls the zip checks
-    (paths that escape, links, special files, file-count and byte limits, non-images); raises
-    ``resattn.archive.ArchiveError`` with the reason."""
-    return archive.extract_dataset(zip_path, target, UPLOAD_LIMITS)
+    """ADAPTER over :func:`resattn.archive.extract_dataset_apart`: the one place this app calls the zip checks
+    (paths that escape, links, special files, file-count, byte and pixel limits, non-images), in a child process
+    so the server's own thread never decodes an upload; raises ``resattn.archive.ArchiveError`` with the reason."""
+    return archive.extract_dataset_apart(zip_path, target, UPLOAD_LIMITS)
 
 
 def _safe_name(name: str) -> str:
@@ -209,7 +209,7 @@ def _relative(name: str) -> str:
     return "/".join(Path(name).parts[-3:])
 
 
-def _read(split: SplitSource, positions: np.ndarray) -> list[tuple[str, bytes | Exception]]:
+def read_positions(split: SplitSource, positions: np.ndarray) -> list[tuple[str, bytes | Exception]]:
     """The encoded bytes of the images at ``positions``, opening a zip once."""
     out: list[tuple[str, bytes | Exception]] = []
     if split.root.endswith(".zip"):
@@ -245,7 +245,7 @@ def collect_chunk(model_key: str, dataset_key: str, split: str, limit: int, chun
     prep = Preprocessing.from_meta(_meta)
     mapping = label_map(_listing.classes, _meta)
     kept, pictures, labels, names, skipped = [], [], [], [], []
-    for p, (name, data) in zip(positions, _read(_listing, positions)):
+    for p, (name, data) in zip(positions, read_positions(_listing, positions)):
         try:
             if isinstance(data, Exception):
                 raise data

@@ -38,6 +38,7 @@ from .options import _option, describe_options, pair_options, prepare_options
 from .process import _kill_tree, _reap_children, _signal_group, process_alive
 from .store import Job, JobStore, Progress
 from .supervisor import launch, supervise
+from .uploads import clean_staging, stage_upload
 
 
 class JobManager:
@@ -156,13 +157,9 @@ class JobManager:
         if upload is not None and any(_option(v, "--data") for v in variants):
             raise JobError("give either --data or an uploaded zip, not both")
         variants = [prepare_options(v) for v in variants]
-        staging = self.root / ".staging" / secrets.token_hex(8) if upload is not None else None
         upload_name = Path(upload).name if upload else None
+        staging = stage_upload(self.root, upload, self.limits) if upload is not None else None
         try:
-            if staging is not None:
-                from ..archive import Limits, extract_dataset
-
-                extract_dataset(upload, staging / "data", self.limits or Limits())  # type: ignore[arg-type]
             jobs = []
             with self.store.transaction() as conn:
                 for i, options in enumerate(variants):
@@ -198,6 +195,7 @@ class JobManager:
         an orphaned trainer; then start queued jobs while fewer than ``max_running`` run. Returns the ids of
         the jobs it changed."""
         _reap_children()
+        clean_staging(self.root)
         # a cheap read first: most calls find nothing to do and take no write lock
         running, queued = self.store.read("WHERE state = 'running'"), self.store.count_queued()
         if not any(self._dead(j) for j in running) and not (queued and len(running) < self.max_running):

@@ -17,7 +17,7 @@ import io
 import math
 import os
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +39,7 @@ __all__ = [
     "open_split",
     "Decoded",
     "load_split",
+    "split_labels",
     "Normalizer",
     "augment_crop_flip",
     "augment_resized_crop_flip",
@@ -195,6 +196,24 @@ def native_size(source: str | os.PathLike[str], split: str = "train") -> tuple[i
         return img.size
 
 
+def _cifar10(source: str, split: str, download: bool):  # noqa: ANN202 - torchvision's dataset
+    from torchvision.datasets import CIFAR10
+
+    root = source.partition(":")[2] or os.path.join(os.path.expanduser("~"), ".cache", "resattn", "cifar10")
+    return CIFAR10(root, train=split == "train", download=download)
+
+
+def split_labels(source: str | os.PathLike[str], split: str, download: bool = True) -> tuple[Tensor, list[str]]:
+    """(labels, class folders) of a split, from its listing: no image is decoded. Indices into these labels are
+    what :func:`load_split` takes as ``items``."""
+    source = os.fspath(source)
+    if source == "cifar10" or source.startswith("cifar10:"):
+        ds = _cifar10(source, split, download)
+        return torch.tensor(ds.targets, dtype=torch.int64), list(ds.classes)
+    listing = open_split(source, split)
+    return torch.tensor([label for _, label in listing.items], dtype=torch.int64), listing.classes
+
+
 def load_split(
     source: str | os.PathLike[str],
     split: str,
@@ -203,32 +222,42 @@ def load_split(
     download: bool = True,
     progress: bool = False,
     crop: int | None = None,
+    items: Sequence[int] | None = None,
 ) -> Decoded:
-    """Decode a whole split into uint8 tensors.
+    """Decode a split into uint8 tensors: all of it, or only ``items`` (indices into its listing, in that order),
+    so memory follows what a run uses, not what the source holds.
 
     ``source`` is ``"cifar10"`` or ``"cifar10:<root>"`` (torchvision's canonical CIFAR-10, downloaded when
     ``download`` and not present), a folder, or a zip. ``size`` resizes every image so its shorter side is ``size``
     and keeps the centre ``crop``×``crop`` square (``crop=None``: ``size``×``size``), as
     :func:`resattn.preprocess.resize_center_crop`; needed when sizes differ. With ``cache_dir`` the decoded arrays
-    are stored as ``.npy`` and reused next time. The torchvision source ignores ``size`` and ``crop``.
+    of a whole split are stored as ``.npy`` and reused next time (a cached split serves ``items`` too, read
+    through a memory map; ``items`` alone are never cached). The torchvision source ignores ``size`` and ``crop``.
     """
     source = os.fspath(source)
+    pick = None if items is None else torch.as_tensor(list(items), dtype=torch.int64)
     if source == "cifar10" or source.startswith("cifar10:"):
-        from torchvision.datasets import CIFAR10
-
-        root = source.partition(":")[2] or os.path.join(os.path.expanduser("~"), ".cache", "resattn", "cifar10")
-        ds = CIFAR10(root, train=split == "train", download=download)
-        images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
-        return Decoded(images, torch.tensor(ds.targets, dtype=torch.int64), list(ds.classes), "cifar10")
+        ds = _cifar10(source, split, download)
+        images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2)
+        labels = torch.tensor(ds.targets, dtype=torch.int64)
+        if pick is not None:
+            images, labels = images[pick], labels[pick]
+        return Decoded(images.contiguous(), labels, list(ds.classes), "cifar10")
     listing = open_split(source, split)
     cache: Path | None = None
     if cache_dir is not None:
         cache = Path(cache_dir) / f"{Path(source).stem}-{listing.split}-{_cache_key(source, listing.split, size, crop)}"
         if (cache / "images.npy").exists() and (cache / "labels.npy").exists():
-            images = torch.from_numpy(np.load(cache / "images.npy"))
+            mapped = np.load(cache / "images.npy", mmap_mode="r")
             labels = torch.from_numpy(np.load(cache / "labels.npy"))
             if len(labels) == len(listing):
-                return Decoded(images, labels, listing.classes, source)
+                if pick is None:
+                    return Decoded(torch.from_numpy(np.array(mapped)), labels, listing.classes, source)
+                rows = np.ascontiguousarray(mapped[pick.numpy()])
+                return Decoded(torch.from_numpy(rows), labels[pick], listing.classes, source)
+    if pick is not None:
+        listing = SplitSource(listing.root, listing.split, listing.classes, [listing.items[i] for i in pick.tolist()])
+        cache = None
     arrays: list[np.ndarray] = []
     labels_list: list[int] = []
     iterator = listing.iter_bytes()
@@ -247,6 +276,8 @@ def load_split(
             raise DataError(f"{source}: images have different sizes ({first_shape} and {array.shape}); pass a size")
         arrays.append(array)
         labels_list.append(label)
+    if not arrays:
+        raise DataError(f"{source}: no {listing.split} images to decode")
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     labels = torch.tensor(labels_list, dtype=torch.int64)
     if cache is not None:

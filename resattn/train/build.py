@@ -16,7 +16,17 @@ import torch
 from torch import Tensor, nn
 
 from ..checkpoint import load_checkpoint, read_meta
-from ..data import BatchIterator, DataError, Decoded, Normalizer, class_names, label_noise, load_split, native_size
+from ..data import (
+    BatchIterator,
+    DataError,
+    Decoded,
+    Normalizer,
+    class_names,
+    label_noise,
+    load_split,
+    native_size,
+    split_labels,
+)
 from ..graphs import GraphForward, GraphTrainStep
 from ..preprocess import Preprocessing, resize_for_crop
 from ..registry import create_model
@@ -28,30 +38,45 @@ from .state import load_state, save_state
 __all__ = ["Run", "prepare", "select_classes", "frozen_parts", "build_optimizer"]
 
 
-def _subset(data: Decoded, limit: int | None, seed: int) -> Decoded:
-    if limit is None or limit >= len(data.labels):
-        return data
-    idx = torch.randperm(len(data.labels), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
-    return Decoded(data.images[idx], data.labels[idx], data.classes, data.source)
+def _class_index(classes: list[str], wanted: Sequence[str], source: str) -> list[int]:
+    """Indices of ``wanted`` classes (folder or display names) among ``classes``; :class:`DataError` if one is
+    missing."""
+    names = class_names(classes)
+    index = []
+    for w in wanted:
+        if w in classes:
+            index.append(classes.index(w))
+        elif w in names:
+            index.append(names.index(w))
+        else:
+            raise DataError(f"class {w!r} is not in {source} (classes: {', '.join(names)})")
+    return index
+
+
+def chosen_images(labels: Tensor, classes: list[str], source: str, wanted: Sequence[str] | None, limit: int | None,
+                  seed: int) -> tuple[Tensor, Tensor, list[str]]:
+    """Which images of a split a run uses, known from its labels before any image is decoded: (indices into the
+    split, their labels relabelled 0..k−1 in ``wanted`` order, the kept class folders). ``wanted`` keeps a subset
+    of classes; ``limit`` then keeps a random subset of that many images (seeded; in the split's order)."""
+    keep = torch.arange(len(labels))
+    if wanted:
+        index = _class_index(classes, wanted, source)
+        keep = torch.nonzero(torch.isin(labels, torch.tensor(index))).flatten()
+        remap = torch.full((len(classes),), -1, dtype=torch.int64)
+        remap[torch.tensor(index)] = torch.arange(len(index))
+        labels, classes = remap[labels[keep]], [classes[i] for i in index]
+    if limit is not None and limit < len(keep):
+        pick = torch.randperm(len(keep), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+        keep, labels = keep[pick], labels[pick]
+    return keep, labels, classes
 
 
 def select_classes(data: Decoded, wanted: Sequence[str] | None) -> Decoded:
     """Keep only the images of ``wanted`` classes (folder or display names), relabelled 0..k−1 in that order."""
     if not wanted:
         return data
-    names = class_names(data.classes)
-    index = []
-    for w in wanted:
-        if w in data.classes:
-            index.append(data.classes.index(w))
-        elif w in names:
-            index.append(names.index(w))
-        else:
-            raise DataError(f"class {w!r} is not in {data.source} (classes: {', '.join(names)})")
-    keep = torch.isin(data.labels, torch.tensor(index))
-    remap = torch.full((len(data.classes),), -1, dtype=torch.int64)
-    remap[torch.tensor(index)] = torch.arange(len(index))
-    return Decoded(data.images[keep], remap[data.labels[keep]], [data.classes[i] for i in index], data.source)
+    keep, labels, classes = chosen_images(data.labels, data.classes, data.source, wanted, None, 0)
+    return Decoded(data.images[keep], labels, classes, data.source)
 
 
 def frozen_parts(model: nn.Module, train_only: str) -> list[nn.Module]:
@@ -128,6 +153,15 @@ class Run:
         save_state(self.state_dir, self.model, self.optimizer, self.aug, info)
 
 
+def _load_used(config: TrainConfig, split: str, limit: int | None, **decode: Any) -> Decoded:
+    """The images of a split the run uses (``--classes``, then ``--train-limit`` / ``--test-limit``), chosen from
+    the split's labels and only then decoded: memory follows the run, not the size of the source."""
+    labels, classes = split_labels(config.data, split)
+    keep, kept_labels, kept_classes = chosen_images(labels, classes, config.data, config.classes, limit, config.seed)
+    data = load_split(config.data, split, items=None if len(keep) == len(labels) else keep.tolist(), **decode)
+    return Decoded(data.images, kept_labels, kept_classes, data.source)
+
+
 def _load_data(config: TrainConfig, runtime: Runtime, base: Preprocessing | None) -> tuple[Decoded, Decoded, bool, int, int]:
     # CIFAR-style data (≤ 64 px) is used as it is; photos are decoded once with their shorter side at
     # resize = input_size / 0.875, trained on random-resized crops of input_size and tested on the centre crop
@@ -139,10 +173,8 @@ def _load_data(config: TrainConfig, runtime: Runtime, base: Preprocessing | None
     resize = None if small else resize_for_crop(crop_size)  # type: ignore[arg-type]
     size = (crop_size if base is not None else config.input_size) if small else resize
     decode = dict(cache_dir=config.cache_dir, progress=runtime.main and sys.stderr.isatty())
-    train_data = load_split(config.data, "train", size, **decode)
-    test_data = load_split(config.data, "test", size, crop=None if small else crop_size, **decode)
-    train_data = _subset(select_classes(train_data, config.classes), config.train_limit, config.seed)
-    test_data = _subset(select_classes(test_data, config.classes), config.test_limit, config.seed)
+    train_data = _load_used(config, "train", config.train_limit, size=size, **decode)
+    test_data = _load_used(config, "test", config.test_limit, size=size, crop=None if small else crop_size, **decode)
     if small:
         crop_size = resize = train_data.images.shape[-1]
     return train_data, test_data, small, crop_size, resize  # type: ignore[return-value]

@@ -1,0 +1,60 @@
+"""What the trainer refuses and where it stops (issue 22): memory that follows the images a run uses, options
+checked against their ranges (each at its boundary and one past it), and a run that diverges fails instead of
+writing a checkpoint of NaNs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import resattn.data
+from resattn.train import TrainConfig, prepare
+
+from .test_data import make_tree, zip_tree
+
+TINY = dict(model="attention56_cifar", width_mult=0.125, batch_size=8, eval_batch_size=16, threads=1, progress="none")
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory):
+    """Three classes of 40 training and 10 test images."""
+    root = tmp_path_factory.mktemp("wide")
+    return zip_tree(make_tree(root / "tree", per_class=(40, 10)), root / "wide.zip")
+
+
+@pytest.fixture
+def decodes(monkeypatch):
+    """Count every image the data layer decodes."""
+    calls = []
+    real = resattn.data._decode
+    monkeypatch.setattr(resattn.data, "_decode", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+# ---------------------------------------------------------------------------------------------- memory
+
+
+def test_a_limited_run_decodes_only_the_images_it_uses(tmp_path, wide, decodes):
+    config = TrainConfig(**TINY, data=str(wide), epochs=1, train_limit=8, test_limit=4, classes=["dog", "cat"],
+                         out=str(tmp_path / "run"), state_dir=str(tmp_path / "state"))
+    run = prepare(config)
+    assert len(decodes) == 8 + 4  # of 120 + 30 in the zip
+    assert run.train_data.images.shape[0] == 8 and run.test_data.images.shape[0] == 4
+    assert run.classes == ["dog", "cat"] and set(run.train_data.labels.tolist()) <= {0, 1}
+    # the same images, in the same order, as decoding everything and choosing afterwards (as before issue 22)
+    everything = resattn.data.load_split(str(wide), "train")
+    kept = torch.isin(everything.labels, torch.tensor([1, 0]))
+    chosen = torch.randperm(int(kept.sum()), generator=torch.Generator().manual_seed(0))[:8].sort().values
+    assert torch.equal(run.train_data.images, everything.images[kept][chosen])
+    assert torch.equal(run.train_data.labels, torch.tensor([1, 0, 2])[everything.labels[kept][chosen]])
+
+
+def test_a_cached_split_serves_a_subset_without_decoding(tmp_path, wide, decodes):
+    whole = resattn.data.load_split(str(wide), "test", cache_dir=tmp_path / "cache")
+    assert len(decodes) == 30
+    part = resattn.data.load_split(str(wide), "test", cache_dir=tmp_path / "cache", items=[29, 3, 7])
+    assert len(decodes) == 30  # read from the cache's memory map
+    assert torch.equal(part.images, whole.images[[29, 3, 7]]) and part.labels.tolist() == whole.labels[[29, 3, 7]].tolist()
+    fresh = resattn.data.load_split(str(wide), "test", cache_dir=tmp_path / "other", items=[29, 3, 7])
+    assert len(decodes) == 33 and torch.equal(fresh.images, part.images)
+    assert not (tmp_path / "other").exists()  # a subset is never cached as if it were the split

@@ -34,7 +34,10 @@ PERSISTENT = ("model", "show_random", "source", "gallery", "image_choice", "stag
               "contrast_attribution", "contrast_compare", "contrast_learn", "methods", "ig_steps", "attr_alpha",
               "knockout", "dataset_source", "dataset_split", "dataset_limit", "dataset_filter", "dataset_confidence",
               "dataset_stat", "dataset_sort", "dataset_descending", "dataset_contrast", "dataset_overlay",
-              "dataset_alpha", "dataset_page", "faithful_deletion", "sanity_run", "sanity_maps")
+              "dataset_alpha", "dataset_page", "faithful_deletion", "sanity_run", "sanity_maps", "parts_k", "parts_pick",
+              "parts_rank", "parts_dataset", "atlas_order", "atlas_page", "faithful_other", "knockout_other",
+              "sanity_seed", "faithful_dataset", "faithful_dataset_limit", "faithful_pair_a", "faithful_pair_b",
+              "faithful_dataset_run")
 
 
 #: Starting values of the shared controls (widgets are created without their own defaults, so the value in
@@ -46,7 +49,9 @@ DEFAULTS: dict[str, Any] = {
     "contrast_attribution": "stretch", "contrast_compare": "shared_stretch", "contrast_learn": "stretch",
     "methods": ["gradcam", "guided_gradcam"], "ig_steps": 16, "attr_alpha": 0.5, "knockout": "zero",
     "dataset_confidence": (0.0, 1.0), "dataset_descending": True, "dataset_contrast": "stretch",
-    "dataset_overlay": True, "dataset_alpha": 0.5,
+    "dataset_overlay": True, "dataset_alpha": 0.5, "parts_k": "auto", "parts_pick": 1, "parts_rank": 1,
+    "atlas_order": "contrast", "atlas_page": 1, "sanity_seed": 0, "faithful_dataset_limit": 40,
+    "faithful_pair_a": "mask", "faithful_pair_b": "other",
 }
 
 
@@ -140,6 +145,26 @@ def _gallery_items() -> dict[str, images.GalleryItem]:
 @st.cache_data(show_spinner=False, max_entries=16)
 def _gallery_bytes(label: str) -> bytes:
     return _gallery_items()[label].read()
+
+
+def other_image(ctx: Context, key: str, label: str = "Another image") -> tuple[Image.Image, str, str] | None:
+    """A gallery photo other than the sidebar's image (picked with widget ``key``; by default the first gallery
+    photo that is not the current image), as (image, name, hash); None, with a note, when there is none."""
+    items = [name for name in _gallery_items() if name != ctx.image_name]
+    if not items:
+        st.info("No other gallery photo to compare with (install scikit-image, scikit-learn or matplotlib).")
+        return None
+    if st.session_state.get(key) not in items:
+        st.session_state[key] = items[0]
+    name = st.selectbox(label, items, key=key)
+    try:
+        image, digest = decode(_gallery_bytes(name), name)
+    except images.ImageError as exc:
+        st.warning(f"Cannot use {name}: {exc}")
+        return None
+    if digest == ctx.image_hash:
+        st.warning(f"{name} is the image shown: pick another one.")
+    return image, name, digest
 
 
 def _image_input() -> tuple[Image.Image, str, str] | None:

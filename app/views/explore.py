@@ -1,4 +1,5 @@
-"""Explore: top-5 predictions and, for the chosen module, the soft mask M, trunk T and output H."""
+"""Explore: top-5 predictions and, for the chosen module, the soft mask M, trunk T and output H; or the mask's
+parts (a factorisation into a few spatial regions and the channels that form them) and its channel atlas."""
 
 import json
 import time
@@ -8,9 +9,13 @@ import streamlit as st
 
 from resattn import maps
 
-from ui import components
+from ui import components, parts_panels
 
 REDUCTION_NAMES = {"mean": "mean", "max": "max", "channel": "one channel", "topk": "top-k by mask energy"}
+#: Ways to look at the mask alone: its parts, and every channel.
+MASK_VIEWS = {"parts": "parts (factorised)", "atlas": "channel atlas"}
+VIEW_NAMES = {**REDUCTION_NAMES, **MASK_VIEWS}
+PARTS_K = ["auto", 2, 3, 4, 5, 6, 7, 8]
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -66,12 +71,24 @@ st.caption(f"`{record['name']}` · {channels} channels at {record['mask'].shape[
 st.session_state["channel"] = min(st.session_state.get("channel", 0), channels - 1)
 st.session_state["topk"] = min(max(1, st.session_state.get("topk", 8)), min(16, channels))
 c1, c2, c3, c4 = st.columns(4)
-reduction = c1.radio("Reduce channels by", maps.REDUCTIONS, key="reduction", format_func=REDUCTION_NAMES.get)
+reduction = c1.radio("Look at the channels by", list(VIEW_NAMES), key="reduction", format_func=VIEW_NAMES.get)
 channel = c2.slider("Channel", 0, channels - 1, key="channel", disabled=reduction != "channel")
 k = c2.slider("k (top-k)", 1, min(16, channels), key="topk", disabled=reduction != "topk")
+parts_k = c2.select_slider("Parts", PARTS_K, key="parts_k", disabled=reduction != "parts",
+                           help="How many parts to factorise the mask into; auto: the fewest (2–8) that explain 75% "
+                                "of its spatial variation.")
 contrast = components.contrast_picker("explore", c3)
 show_overlay = c4.toggle("Overlay on image", key="overlay")
 alpha = c4.slider("Overlay opacity", 0.0, 1.0, step=0.05, key="alpha", disabled=not show_overlay)
+
+if reduction in MASK_VIEWS:
+    st.subheader(f"M, {VIEW_NAMES[reduction]}")
+    if reduction == "parts":
+        parts_panels.render_parts(ctx, record, None if parts_k == "auto" else int(parts_k), contrast)
+    else:
+        parts_panels.render_atlas(ctx, record, contrast)
+    st.caption(f"⏱ page computed in {(time.perf_counter() - start) * 1000:.0f} ms")
+    st.stop()
 
 shown = panels(ctx.entry.key, ctx.image_hash, ctx.stage, ctx.index, reduction, channel, k, contrast, ctx.mask_scale,
                components.cmap("mask"), components.cmap("feature"), alpha, show_overlay, record, ctx.picture)

@@ -96,3 +96,18 @@ def test_channel_attention_parts_say_how_its_range_was_handled(checkpoints, monk
     at = at.radio(key="contrast_explore").set_value("fixed").run()
     shown = [c for c in captions(at).splitlines() if c.startswith("channel ")]
     assert len(shown) == 1 and "fixed scale −1–1 (channel attention f2)" in shown[0]  # the mask's own range
+
+
+def test_compare_shows_each_models_parts_on_the_same_image(app):
+    at = app.toggle(key="show_random").set_value(True).run()
+    at.switch_page("views/compare.py").run()
+    at = at.toggle(key="compare_parts").set_value(True).run()
+    no_exceptions(at)
+    lines = [m.value for m in at.markdown if re.search(r"parts explain \d+%|no spatial variation", m.value)]
+    models = at.dataframe[0].value
+    with_masks = [m for m, a in zip(models["model"], models["attention"]) if a != "none"]
+    assert len(lines) == len(with_masks) >= 2
+    for name, line in zip(with_masks, lines):
+        assert name in line
+    assert any("spatial NAL" in line for line in lines)  # the tiny random model's own attention and learning
+    assert [c for i in at.image for c in i.captions if re.match(r"part \d+: \d+% of the energy", c)]

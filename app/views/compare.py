@@ -1,6 +1,6 @@
 """Compare: one image, one stage, every available model side by side, with the mask statistics the paper discusses,
-the checkpoints' accuracies against the paper's Tables 1, 3 and 4, and the quantity of its Fig. 4 (the mean
-absolute output of each stage)."""
+each model's mask parts (mixed / channel / spatial, ARL / NAL on the same photo), the checkpoints' accuracies
+against the paper's Tables 1, 3 and 4, and the quantity of its Fig. 4 (the mean absolute output of each stage)."""
 
 import time
 
@@ -11,7 +11,7 @@ import streamlit as st
 import resattn
 from resattn import maps, paper
 
-from ui import components, state
+from ui import components, parts_panels, state
 
 CONTRASTS = {"shared_fixed": "one fixed scale for the row", "shared_stretch": "one stretched scale for the row",
              "per_model": "stretched per model"}
@@ -38,7 +38,7 @@ st.markdown(f"Image **{ctx.image_name}**, attention **stage {stage}** (mask stat
             + ("" if st.session_state.get("show_random") else "; untrained (random) models are hidden (sidebar switch)")
             + ".")
 
-rows, fig4, thumbs, failures = [], [], [], []
+rows, fig4, thumbs, failures, masks = [], [], [], [], []
 progress = st.progress(0.0, text="Comparing models…")
 for number, entry in enumerate(entries, start=1):
     progress.progress((number - 1) / max(len(entries), 1), text=f"Model {number} of {len(entries)}: "
@@ -68,6 +68,7 @@ for number, entry in enumerate(entries, start=1):
         row["fraction > 0.5"] = float(np.mean([s["fraction > 0.5"] for s in stats]))
         scale = "channel_mask" if overrides.get("attention") == "channel" else "mask"
         thumbs.append((name, maps.reduce_channels(modules[0]["mask"], "mean"), scale))
+        masks.append((entry, meta, name, modules[0]["mask"]))
     rows.append(row)
     fig4.append({"model": name, **{f"stage {s}": v for s, v in enumerate(data.stage_response, start=1)}})
 progress.empty()
@@ -109,6 +110,27 @@ if thumbs:
     else:
         st.caption("Each thumbnail is stretched to its own 1st–99th percentile (its own colorbar): compare shapes, "
                    "not values.")
+
+if masks:
+    st.subheader(f"Stage {stage}, module 1: each model's mask parts")
+    if st.toggle("Factorise each model's mask into parts", key="compare_parts",
+                 help="The fewest parts (2–8) that explain 75% of each mask's spatial variation; the Explore page's "
+                      "parts view says how they are computed."):
+        for entry, meta, name, mask in masks:
+            attention = meta.get("overrides", {}).get("attention")
+            found = parts_panels.parts_of(entry.key, ctx.image_hash, stage, 1, None, attention, mask)
+            picture = components.picture_of(ctx.image, meta)
+            summary = ("no spatial variation, no parts" if found.flat else
+                       f"{found.k} parts explain {found.explained:.0%}"
+                       + (", factorised as (1 + M) / 2" if found.transform != "none" else ""))
+            st.markdown(f"**{name}** ({attention or 'mixed'} {str(meta.get('overrides', {}).get('learning', 'arl')).upper()})"
+                        f": {summary}")
+            if not found.flat:
+                for column, j in zip(st.columns(4), range(min(4, found.k))):
+                    column.image(parts_panels.part_png(found, j, picture, side=220),
+                                 caption=f"part {j + 1}: {found.energy[j]:.0%} of the energy")
+        st.caption("Each part over the image the model saw, scaled to its own maximum (colorbar 0–1); parts describe "
+                   "where each mask varies, not what the model uses to classify.")
 
 st.subheader("The paper's Tables 1, 3 and 4 with these checkpoints")
 trained = {state.short_label(e): e.meta for e in entries if not e.random and not e.error}

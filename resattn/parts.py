@@ -165,25 +165,32 @@ def mask_parts(mask: Tensor | np.ndarray, k: int | None = None, *,
         raise ValueError(f"k must be between 1 and 64 parts, got {k}")
     if float(y.max(initial=0.0)) <= 1e-12 or h * w < 2:
         return empty  # the same value at every position of every channel: nothing spatial to factorise
+    from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
+
     most = min(c, h * w)
-    if k is not None:
-        candidates = [min(k, most)]
-    else:
-        # the rank-k SVD of the centred mask bounds what any k parts can explain: skip the k that cannot reach it
-        centred = x - x.mean(axis=1, keepdims=True)
-        s2 = np.linalg.svd(centred, compute_uv=False) ** 2
-        bound = np.cumsum(s2) / s2.sum()
-        low, high = K_RANGE[0], min(K_RANGE[1], most)
-        candidates = [n for n in range(low, high + 1) if bound[n - 1] >= TARGET_EXPLAINED - 1e-9] or [high]
-        candidates = list(range(candidates[0], high + 1))
-    tried: dict[int, float] = {}
-    best: tuple[np.ndarray, np.ndarray] | None = None
-    for n in candidates:
-        loadings, parts = _factorise(y, n)
-        tried[n] = explained_fraction(y, loadings @ parts)
-        best = (loadings, parts)
-        if k is not None or tried[n] >= TARGET_EXPLAINED:
-            break
+    # One BLAS thread: the products here are small (256×1024 by k), and a second thread that must wait for a busy
+    # core made every one of NMF's hundreds of products wait with it (10× slower on a shared 2-core machine).
+    with threadpool_limits(1, user_api="blas"):
+        if k is not None:
+            candidates = [min(k, most)]
+        else:
+            # the rank-k SVD of the centred mask bounds what any k parts can explain: skip the k that cannot reach
+            # it. Its squared singular values are the eigenvalues of the smaller Gram matrix (C×C or HW×HW).
+            centred = x - x.mean(axis=1, keepdims=True)
+            gram = centred @ centred.T if c <= h * w else centred.T @ centred
+            s2 = np.clip(np.linalg.eigvalsh(gram)[::-1], 0, None)
+            bound = np.cumsum(s2) / s2.sum()
+            low, high = K_RANGE[0], min(K_RANGE[1], most)
+            candidates = [n for n in range(low, high + 1) if bound[n - 1] >= TARGET_EXPLAINED - 1e-9] or [high]
+            candidates = list(range(candidates[0], high + 1))
+        tried: dict[int, float] = {}
+        best: tuple[np.ndarray, np.ndarray] | None = None
+        for n in candidates:
+            loadings, parts = _factorise(y, n)
+            tried[n] = explained_fraction(y, loadings @ parts)
+            best = (loadings, parts)
+            if k is not None or tried[n] >= TARGET_EXPLAINED:
+                break
     assert best is not None
     loadings, parts, energy = _sorted_parts(*best)
     if parts.shape[0] == 0:

@@ -84,6 +84,38 @@ def test_k_none_takes_the_smallest_k_that_explains_the_target():
     assert found.explained_by_k[found.k] == pytest.approx(found.explained, abs=1e-9)
 
 
+@pytest.mark.parametrize("shape", [(48, SIDE, SIDE), (300, 4, 4)], ids=["fewer-channels", "fewer-positions"])
+def test_k_none_starts_at_the_smallest_k_the_svd_bound_allows(shape: tuple[int, int, int]):
+    """The automatic k skips only the k whose best rank-k fit (the SVD of the centred mask) cannot reach the
+    target, whichever side of the mask is smaller (the bound comes from the smaller Gram matrix)."""
+    rng = np.random.default_rng(3)
+    c, h, w = shape
+    mask = 0.45 + 0.3 * rng.random((c, 6)) @ rng.random((6, h * w)) / 6 + rng.normal(0, 0.012, (c, h * w))
+    x = mask.reshape(c, -1)
+    s2 = np.linalg.svd(x - x.mean(axis=1, keepdims=True), compute_uv=False) ** 2
+    bound = np.cumsum(s2) / s2.sum()
+    first = next(n for n in range(P.K_RANGE[0], P.K_RANGE[1] + 1) if bound[n - 1] >= P.TARGET_EXPLAINED)
+    assert first > P.K_RANGE[0]  # the bound does skip some k here
+    found = P.mask_parts(mask.reshape(shape))
+    assert min(found.explained_by_k) == first
+
+
+def test_the_factorisation_runs_on_one_blas_thread(monkeypatch):
+    """NMF's small products run on one BLAS thread: a second one waiting for a busy core made them 10× slower."""
+    from threadpoolctl import threadpool_info
+
+    seen: list[int] = []
+    factorise = P._factorise
+
+    def recording(y, k):
+        seen.extend(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+        return factorise(y, k)
+
+    monkeypatch.setattr(P, "_factorise", recording)
+    P.mask_parts(_planted_mask()[0], k=3)
+    assert seen and set(seen) == {1}
+
+
 def test_the_same_mask_gives_the_same_parts():
     mask, _ = _planted_mask(noise=0.05)
     a, b = P.mask_parts(mask, k=4), P.mask_parts(mask.copy(), k=4)

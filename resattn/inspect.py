@@ -22,8 +22,8 @@ from .attention import _MASK_EDIT, _RECORDER, _STAGE_RECORDER, AttentionModule
 
 __all__ = ["ModuleRecord", "Trace", "inspect", "knockout", "KNOCKOUTS"]
 
-Knockout = Literal["zero", "one", "mean"]
-KNOCKOUTS: tuple[str, ...] = ("zero", "one", "mean")
+Knockout = Literal["zero", "one", "mean", "other"]
+KNOCKOUTS: tuple[str, ...] = ("zero", "one", "mean", "other")
 
 
 @dataclass
@@ -45,7 +45,7 @@ class ModuleRecord:
     output: Tensor  # H = (1 + M)·T (ARL) or M·T (NAL), with the ``mask`` above
     mask_path: list[tuple[str, Tensor]] = field(default_factory=list)  # the mask branch's maps in order
     computed_mask: Tensor | None = None  # activation(mask_logits): the mask branch's own M, even under a knock-out
-    knockout: str | None = None  # "zero" | "one" | "mean" when this module's mask was replaced
+    knockout: str | None = None  # "zero" | "one" | "mean" | "other" when this module's mask was replaced
 
     @property
     def label(self) -> str:
@@ -118,12 +118,13 @@ def inspect(
     images: Tensor,
     *,
     grad: bool = False,
-    mask_edit: dict[tuple[int, int], Knockout] | None = None,
+    mask_edit: dict[tuple[int, int], Knockout | Tensor] | None = None,
 ) -> Trace:
     """Run ``model`` on ``images`` once and return its logits with every module's M, T, H and mask path.
 
     ``grad=True`` keeps the autograd graph (for attribution); by default the pass runs without gradients and
-    the recorded tensors are detached. ``mask_edit`` maps (stage, index) to a knock-out (see :func:`knockout`).
+    the recorded tensors are detached. ``mask_edit`` maps (stage, index) to a knock-out (see :func:`knockout`)
+    or to a tensor that replaces the mask (broadcast to its shape; recorded as the knock-out ``"other"``).
     """
     names = _names(model)
     records: list[ModuleRecord] = []
@@ -153,19 +154,30 @@ def inspect(
     return Trace(logits=logits if grad else logits.detach(), modules=records, stage_outputs=stages)
 
 
-def knockout(model: nn.Module, images: Tensor, stage: int, index: int, mode: Knockout) -> Trace:
+def knockout(model: nn.Module, images: Tensor, stage: int, index: int, mode: Knockout,
+             other: Tensor | None = None) -> Trace:
     """Inspect with one module's mask replaced: ``"zero"`` (M = 0; under ARL the module passes T through),
-    ``"one"`` (M = 1) or ``"mean"`` (each channel's spatial mean, which removes *where* but keeps *how much*)."""
-    return inspect(model, images, mask_edit={(stage, index): mode})
+    ``"one"`` (M = 1), ``"mean"`` (each channel's spatial mean, which removes *where* but keeps *how much*) or
+    ``"other"``: the mask this module computes for ``other`` (1 or N images shaped like ``images``), i.e. another
+    image's mask, a real mask that knows nothing about these images."""
+    if mode != "other":
+        return inspect(model, images, mask_edit={(stage, index): mode})
+    if other is None or other.shape[1:] != images.shape[1:] or other.shape[0] not in (1, images.shape[0]):
+        raise ValueError("the knock-out 'other' needs other images shaped like the inputs (1 or as many), got "
+                         f"{None if other is None else tuple(other.shape)} for {tuple(images.shape)}")
+    replacement = inspect(model, other).module(stage, index).mask
+    return inspect(model, images, mask_edit={(stage, index): replacement})
 
 
-def _editor(edits: dict[tuple[int, int], Knockout]):  # noqa: ANN202 - a closure for the context variable
+def _editor(edits: dict[tuple[int, int], Knockout | Tensor]):  # noqa: ANN202 - a closure for the context variable
     for mode in edits.values():
-        if mode not in KNOCKOUTS:
-            raise ValueError(f"knock-out must be one of {KNOCKOUTS}, got {mode!r}")
+        if not isinstance(mode, Tensor) and (mode not in KNOCKOUTS or mode == "other"):
+            raise ValueError(f"knock-out must be one of {KNOCKOUTS[:-1]} or a replacement mask, got {mode!r}")
 
     def edit(module: nn.Module, mask: Tensor) -> tuple[Tensor, str | None]:
         mode = edits.get((module.stage, module.index))
+        if isinstance(mode, Tensor):
+            return mode.to(mask.device, mask.dtype).expand_as(mask), "other"
         if mode == "zero":
             return torch.zeros_like(mask), mode
         if mode == "one":

@@ -86,8 +86,8 @@ def test_low_resolution_maps_are_upsampled_and_the_blur_keeps_flat_images():
 
 def test_saliency_maps_and_dataset_summary(tiny_cifar):
     torch.manual_seed(2)
-    x = torch.randn(1, 3, 32, 32)
-    maps = F.saliency_maps(tiny_cifar, x, target=1, stage=2, ig_steps=4)
+    x, other = torch.randn(1, 3, 32, 32), torch.randn(1, 3, 32, 32)
+    maps = F.saliency_maps(tiny_cifar, x, target=1, stage=2, ig_steps=4, other=other)
     assert list(maps) == list(F.DELETION_MAPS)
     assert all(m.shape == (32, 32) and np.isfinite(m).all() for m in maps.values())
     assert np.array_equal(maps["random"], F.random_map((32, 32), 0))
@@ -174,6 +174,11 @@ def test_ssim_matches_scikit_image_and_rank_correlation_handles_constants():
     pytest.importorskip("skimage")
     assert F._ssim(F._unit(a), F._unit(b), 7) == pytest.approx(F.ssim(a, b), abs=1e-9)
     assert F.rank_correlation(a, 2 * a + 1) == pytest.approx(1.0)
+    # ranks, not values: a monotone but far from linear transform keeps ρ = 1 (Pearson's r would be well below 1)
+    assert F.rank_correlation(a, np.exp(12 * a)) == pytest.approx(1.0)
+    assert F.rank_correlation(a, -np.exp(12 * a)) == pytest.approx(-1.0)
+    assert resattn.attribution.spearman(a, np.exp(12 * a)) == pytest.approx(1.0)  # the app's mask-vs-map agreement
+    assert np.corrcoef(a.ravel(), np.exp(12 * a).ravel())[0, 1] < 0.8  # so this input tells the two apart
     assert np.isnan(F.rank_correlation(a, np.ones_like(a))) and np.isnan(F.ssim(a, np.ones_like(a)))
 
 

@@ -10,8 +10,8 @@ first (:func:`resattn.maps.upsample`). Signed maps are ranked by their value: po
 * **Steps**: :data:`DEFAULT_STEPS` = 32 equal steps; step k has changed round(k·P / 32) of the P pixels (32 pixels
   per step at 32×32, 1,568 at 224×224), so a curve has 33 points at fractions 0, 1/32, …, 1.
 * **Deletion** replaces pixels by the baseline **0 in normalised space, i.e. the dataset mean colour** (the mean
-  image for a checkpoint with a per-pixel mean): what the network's zero padding and the Integrated Gradients
-  baseline also see.
+  image for a checkpoint with a per-pixel mean): what the network's zero padding sees, and **Integrated
+  Gradients' own baseline**, which favours IG here: its attributions add up to the change from this very image.
 * **Insertion** starts from a **Gaussian blur with σ = side / 16** (2 px at 32×32, 14 px at 224×224; kernel cut
   at 3σ, reflect padding), applied in normalised space (for per-channel normalisation this equals blurring the
   picture, because the blur is linear with weights summing to 1), and reveals the original pixels in map order.
@@ -26,13 +26,16 @@ part of a probability change is the model's reaction to the artefact, not to the
 et al. 2019, retrains to avoid this; this module does not). The soft mask is class-agnostic, and it weights
 features (by 1 + M under ARL) inside the network rather than claiming anything about input pixels; judging it by
 one class's probability, after upsampling a stage's coarse map to pixels, is a reading of it, not its definition.
-Results depend on the step count, baseline and blur: compare maps only under the same settings.
+Results depend on the step count, baseline and blur: compare maps only under the same settings, against the
+controls of :mod:`~resattn.faithfulness.saliency` (another image's map, the inverted map, a random map as smooth as
+the map under test), and image by image (:meth:`DatasetFaithfulness.paired`, :mod:`~resattn.faithfulness.stats`):
+two maps scored on the same images share each image's difficulty.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -42,7 +45,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..maps import upsample
-from .saliency import DELETION_MAPS, MAP_NAMES, evaluating, saliency_maps
+from .saliency import CONTROLS, DELETION_MAPS, MAP_NAMES, derangement, evaluating, saliency_maps
+from .stats import PairedDifference, paired_difference
 
 __all__ = [
     "DEFAULT_STEPS",
@@ -54,6 +58,7 @@ __all__ = [
     "faithfulness_curves",
     "deletion_insertion",
     "DatasetFaithfulness",
+    "default_pairs",
     "faithfulness_over_dataset",
 ]
 
@@ -195,6 +200,7 @@ class DatasetFaithfulness:
     index: np.ndarray  # N positions in the split
     targets: np.ndarray  # N target classes
     settings: dict[str, Any] = field(default_factory=dict)
+    other_index: np.ndarray | None = None  # N positions: whose map the control "other" used for each image
 
     def aucs(self, kind: Kind) -> dict[str, np.ndarray]:
         """Per-image AUCs of every map for ``kind``."""
@@ -212,19 +218,57 @@ class DatasetFaithfulness:
                                   f"{kind}_sem": std / math.sqrt(n) if n > 1 else float("nan")})
         return out
 
+    def paired(self, a: str, b: str, kind: Kind) -> PairedDifference:
+        """Map ``a`` against map ``b``, image by image: statistics of AUC(a) − AUC(b) for ``kind``."""
+        aucs = self.aucs(kind)
+        return paired_difference(aucs[a], aucs[b])
+
+    def paired_table(self, pairs: Sequence[tuple[str, str]] | None = None) -> str:
+        """Paired differences of the AUCs for ``pairs`` (default: :func:`default_pairs`), one line per pair."""
+        pairs = default_pairs(self.names, self.settings.get("reference", "mask")) if pairs is None else pairs
+        lines = [f"paired differences over the same {len(self.index)} images: mean of AUC(a) − AUC(b) "
+                 "[95% t interval], paired t-test and Wilcoxon signed-rank p"]
+        for a, b in pairs:
+            cells = [self.paired(a, b, kind).text() for kind in ("deletion", "insertion")]
+            lines.append(f"{_name(a, self.settings)} − {_name(b, self.settings)}")
+            lines.append(f"    deletion {cells[0]}; insertion {cells[1]}")
+        return "\n".join(lines)
+
     def table(self) -> str:
         """A plain-text table: mean AUC ± standard deviation (standard error) per map."""
         s = self.settings
         lines = [f"deletion / insertion AUC over {len(self.index)} images ({s.get('steps')} steps, target = "
-                 f"{s.get('target')}, deletion baseline 0 = mean colour, insertion from a blur with σ = "
-                 f"{s.get('blur_sigma'):.3g} px, maps at stage {s.get('stage')}, module {s.get('index')})",
+                 f"{s.get('target')}, deletion baseline 0 = the mean colour (also Integrated Gradients' baseline), "
+                 f"insertion from a blur with σ = {s.get('blur_sigma'):.3g} px, maps at stage {s.get('stage')}, "
+                 f"module {s.get('index')}; controls made from {MAP_NAMES.get(s.get('reference', 'mask'))})",
                  f"{'map':28s} {'deletion AUC (lower is better)':>32s} {'insertion AUC (higher is better)':>34s}"]
         for name, row in self.summary().items():
             cells = [f"{row[f'{k}_mean']:.4f} ± {row[f'{k}_std']:.4f} ({row[f'{k}_sem']:.4f})"
                      for k in ("deletion", "insertion")]
-            lines.append(f"{MAP_NAMES.get(name, name):28s} {cells[0]:>32s} {cells[1]:>34s}")
+            lines.append(f"{_name(name, s):28s} {cells[0]:>32s} {cells[1]:>34s}")
         lines.append("mean ± standard deviation (standard error of the mean) over images")
         return "\n".join(lines)
+
+
+def _name(name: str, settings: Mapping[str, Any]) -> str:
+    """A map's display name; a control made from the reference says so when the reference is not the mask."""
+    reference = settings.get("reference", "mask")
+    if name in ("other", "inverted", "smooth_random") and reference != "mask":
+        return f"{MAP_NAMES[name]} ({reference})"
+    return MAP_NAMES.get(name, name)
+
+
+def default_pairs(names: Sequence[str], reference: str = "mask") -> list[tuple[str, str]]:
+    """The comparisons worth making among ``names``: the reference against every other map (its controls first),
+    and the smooth random map against pixel noise (what smoothness alone is worth)."""
+    if reference not in names:
+        return []
+    others = [n for n in names if n in CONTROLS and n != reference] + [
+        n for n in names if n not in CONTROLS and n != reference]
+    pairs = [(reference, n) for n in others]
+    if "smooth_random" in names and "random" in names:
+        pairs.append(("smooth_random", "random"))
+    return pairs
 
 
 def faithfulness_over_dataset(
@@ -243,11 +287,14 @@ def faithfulness_over_dataset(
     seed: int = 0,
     ig_steps: int = 16,
     batch_size: int = 128,
-    progress: bool = False,
+    progress: bool | Callable[[int, int, str], None] = False,
+    reference: str = "mask",
 ) -> DatasetFaithfulness:
     """Deletion and insertion of every map in ``names`` over uint8 ``images`` (N×C×H×W, already resized and
-    cropped as the checkpoint expects; ``meta`` gives mean and std). The random map of image i uses seed
-    ``seed + positions[i]``. ``target="label"`` scores the true class (needs ``labels``)."""
+    cropped as the checkpoint expects; ``meta`` gives mean and std). The random maps of image i use seed
+    ``seed + positions[i]``; the control ``other`` of image i is ``reference`` on image ``derangement(N, seed)[i]``
+    for image i's target. ``target="label"`` scores the true class (needs ``labels``). ``progress``: a tqdm bar
+    (``True``) or ``progress(done, total, text)`` before each image and at the end."""
     from ..preprocess import Preprocessing
 
     prep = Preprocessing.from_meta(meta)
@@ -258,28 +305,37 @@ def faithfulness_over_dataset(
     deletion: dict[str, list[np.ndarray]] = {n: [] for n in names}
     insertion: dict[str, list[np.ndarray]] = {n: [] for n in names}
     targets = []
+    others = derangement(len(images), seed) if "other" in names else None
     fractions = _counts(1, steps).astype(np.float64)
     items: Any = range(len(images))
-    if progress:
+    report = progress if callable(progress) else None
+    if progress is True:
         from tqdm import tqdm
 
         items = tqdm(items, desc="deletion/insertion", unit="img")
     sigma = blur_sigma
     for i in items:
+        if report is not None:
+            report(i, len(images), f"image {i + 1} of {len(images)}")
         x = prep.normalize(images[i : i + 1].to(device))
         sigma = blur_sigma_for(tuple(x.shape[-2:])) if blur_sigma is None else blur_sigma
         with torch.inference_mode():
             logits = model(x) if target == "prediction" else None
         cls = int(logits.argmax(1)) if logits is not None else int(labels[i])  # type: ignore[index]
-        maps = saliency_maps(model, x, cls, stage, index, names, seed=seed + int(positions[i]), ig_steps=ig_steps)
+        other = prep.normalize(images[others[i] : others[i] + 1].to(device)) if others is not None else None
+        maps = saliency_maps(model, x, cls, stage, index, names, seed=seed + int(positions[i]), ig_steps=ig_steps,
+                             reference=reference, other=other)
         curves = faithfulness_curves(model, x, cls, maps, steps, blur_sigma=sigma, batch_size=batch_size)
         for n in names:
             deletion[n].append(curves[n]["deletion"].probabilities)
             insertion[n].append(curves[n]["insertion"].probabilities)
             fractions = curves[n]["deletion"].fractions
         targets.append(cls)
+    if report is not None:
+        report(len(images), len(images), "done")
     settings = {"steps": steps, "target": target, "blur_sigma": sigma, "baseline": 0.0, "stage": stage,
-                "index": index, "seed": seed, "ig_steps": ig_steps}
+                "index": index, "seed": seed, "ig_steps": ig_steps, "reference": reference}
     return DatasetFaithfulness(list(names), fractions, {n: np.array(v) for n, v in deletion.items()},
                                {n: np.array(v) for n, v in insertion.items()}, positions,
-                               np.array(targets, np.int64), settings)
+                               np.array(targets, np.int64), settings,
+                               positions[others] if others is not None else None)

@@ -9,20 +9,27 @@ Re-initialisation is the network's own training initialisation (§4.1, :mod:`res
 statistics reset to mean 0, variance 1: each block as it was before training, drawn from a ``torch.Generator``
 seeded with ``seed`` (default 0), so the check is deterministic. The target class stays fixed (the trained
 model's prediction unless given). After each step every map is recomputed and compared with the trained model's
-map by Spearman's rank correlation (``scipy.stats.spearmanr``) and SSIM (scikit-image's
-``structural_similarity``, 7×7 window, on maps min-max normalised to [0, 1]; a NumPy/PyTorch implementation of
-the same formula when scikit-image is missing). Attributions are compared by magnitude |A| (Adebayo et al.'s
-absolute-value variant), the mask by its value. Both measures are NaN when either map is constant.
+map by Spearman's rank correlation (``scipy.stats.spearmanr``) twice, as Adebayo et al. do: on the maps as they
+are (signed) and on their absolute values; and by SSIM (scikit-image's ``structural_similarity``, 7×7 window, on
+maps min-max normalised to [0, 1], attributions by |A| and the mask by its value; a NumPy/PyTorch implementation
+of the same formula when scikit-image is missing). Every measure is NaN when either map is constant (Grad-CAM is
+all zero when no channel weighs positively).
 
-What to expect: a stage's soft mask is computed before every layer above it, so it cannot change until that
-stage (or one below it) is re-initialised. That is what a class-agnostic map should do; a class-specific map that
-survives re-initialising the classifier explains the architecture, not what was learned.
+What the check can show, and what it cannot. A map that hardly changes when the weights it claims to explain are
+destroyed explains the architecture (or the input), not what was learned. For the soft mask the first part holds
+**by construction**: stage k's mask is computed before every layer above it, so re-initialising the classifier,
+the tail or a later stage cannot change it, and re-initialising its own stage must. That is what a class-agnostic
+map computed inside the network does; it is not evidence that the mask is a faithful explanation, only that it is
+the output of its own stage's weights. How far it then changes measures how much of the trained mask the random
+stage reproduces from the same input. One image and one re-initialisation seed are an anecdote: correlations
+after a re-initialisation vary widely with the seed; :mod:`~resattn.faithfulness.sanity_summary` runs the cascade
+over several images and seeds.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +51,11 @@ __all__ = [
     "SanityStep",
     "SanityResult",
     "sanity_check",
+    "compared",
 ]
+
+#: ``progress(done, total, text)``, called between the steps of the cascade.
+Progress = Callable[[int, int, str], None]
 
 #: Maps recomputed in the randomisation sanity check (random and centre do not depend on weights).
 SANITY_MAPS: tuple[str, ...] = ("mask", "gradcam", "guided_gradcam", "integrated_gradients")
@@ -173,10 +184,11 @@ class SanityStep:
     block: str  # "trained", or the block re-initialised at this step
     reinitialised: tuple[str, ...]  # every state-dict key re-initialised so far
     maps: dict[str, np.ndarray]
-    spearman: dict[str, float]
+    spearman: dict[str, float]  # Spearman ρ of the maps as they are (signed)
     ssim: dict[str, float]
     probability: float  # softmax probability of the (fixed) target class
     prediction: int
+    spearman_abs: dict[str, float] = field(default_factory=dict)  # Spearman ρ of the absolute values
 
 
 @dataclass
@@ -191,17 +203,18 @@ class SanityResult:
     settings: dict[str, Any] = field(default_factory=dict)
 
     def table(self) -> str:
-        """One row per step: target probability, then Spearman ρ / SSIM of every map against the trained map."""
+        """One row per step: target probability, then ρ, ρ of |map| and SSIM of every map against the trained map."""
         head = [f"{'re-initialised down to':24s}", f"{'p(target)':>9s}"]
-        head += [f"{_short(n) + ' ρ / SSIM':>24s}" for n in self.names]
+        head += [f"{_short(n) + ' ρ / ρ|·| / SSIM':>28s}" for n in self.names]
         lines = [f"randomisation cascade (target class {self.target}, maps at stage {self.stage}, module "
                  f"{self.index}, seed {self.settings.get('seed', 0)})", " ".join(head)]
         for step in self.steps:
             cells = [f"{step.block:24s}", f"{step.probability:9.4f}"]
-            cells += [f"{_num(step.spearman[n]) + ' / ' + _num(step.ssim[n]):>24s}" for n in self.names]
+            cells += [f"{' / '.join(_num(v[n]) for v in (step.spearman, step.spearman_abs, step.ssim)):>28s}"
+                      for n in self.names]
             lines.append(" ".join(cells))
-        lines.append("ρ: Spearman rank correlation, SSIM on maps scaled to [0, 1]; attributions compared by |A|; "
-                     "nan: a constant map")
+        lines.append("ρ: Spearman rank correlation of the maps as they are, ρ|·|: of their absolute values; SSIM on "
+                     "maps scaled to [0, 1] (attributions by |A|, the mask by value); nan: a constant map")
         return "\n".join(lines)
 
 
@@ -213,8 +226,13 @@ def _num(value: float) -> str:
     return "nan" if not np.isfinite(value) else f"{value:.3f}"
 
 
-def _compared(name: str, a: np.ndarray) -> np.ndarray:
+def compared(name: str, a: np.ndarray) -> np.ndarray:
+    """What SSIM compares: the mask by its value, attributions by magnitude |A|."""
     return a if name == "mask" else np.abs(a)
+
+
+def _none(done: int, total: int, text: str) -> None:  # noqa: ARG001 - the default progress
+    return None
 
 
 def sanity_check(
@@ -227,9 +245,13 @@ def sanity_check(
     *,
     seed: int = 0,
     ig_steps: int = 16,
+    progress: Progress = _none,
+    trained: SanityStep | None = None,
 ) -> SanityResult:
     """Cascading randomisation (see the module docstring) for one normalised 1×C×H×W input: every map of
-    ``names`` at each step, with Spearman ρ and SSIM against the trained model's map. ``model`` is not changed."""
+    ``names`` at each step, with Spearman ρ (signed and absolute) and SSIM against the trained model's map.
+    ``model`` is not changed. ``trained``: the trained model's step from an earlier call on the same input, target
+    and maps (another seed), which is then not recomputed."""
 
     def measure(net: nn.Module, block: str, done: tuple[str, ...], cls: int) -> SanityStep:
         maps = saliency_maps(net, x, cls, stage, index, names, seed=seed, ig_steps=ig_steps)
@@ -240,13 +262,17 @@ def sanity_check(
     if target is None:
         with torch.inference_mode(), evaluating(model):
             target = int(model(x).argmax(1))
-    steps = [measure(model, "trained", (), target)]
-    for block, randomised, done in randomisation_cascade(model, seed):
+    total = len(cascade_blocks(model)) + 1
+    progress(0, total, "maps of the trained model")
+    steps = [trained if trained is not None else measure(model, "trained", (), target)]
+    for number, (block, randomised, done) in enumerate(randomisation_cascade(model, seed), start=1):
+        progress(number, total, f"re-initialised down to {block}")
         steps.append(measure(randomised, block, done, target))
-    trained = steps[0].maps
-    for step in steps:
+    progress(total, total, "done")
+    reference = steps[0].maps
+    for step in steps[1:] if trained is not None else steps:
         for n in names:
-            a, b = _compared(n, trained[n]), _compared(n, step.maps[n])
-            step.spearman[n] = rank_correlation(a, b)
-            step.ssim[n] = ssim(a, b)
+            step.spearman[n] = rank_correlation(reference[n], step.maps[n])
+            step.spearman_abs[n] = rank_correlation(np.abs(reference[n]), np.abs(step.maps[n]))
+            step.ssim[n] = ssim(compared(n, reference[n]), compared(n, step.maps[n]))
     return SanityResult(int(target), stage, index, list(names), steps, {"seed": seed, "ig_steps": ig_steps})

@@ -369,11 +369,21 @@ def test_learn_page_equations_architecture_path_and_knockout(app):
     assert "by 0.37 points at Attention-56 and 2.87 at Attention-164" in text
     assert len(at.get("graphviz_chart")) == 1
     results = {}
-    for mode in ("zero", "one", "mean"):
+    for mode in ("zero", "one", "mean", "other"):
         at.radio(key="knockout").set_value(mode).run()
         no_exceptions(at)
         results[mode] = tuple(at.dataframe[-1].value["after"])
-    assert len(set(results.values())) == 3  # each knock-out changes the prediction differently
+    assert len(set(results.values())) == 4  # each knock-out changes the prediction differently
+    # another image's mask: the mask the module computes for the gallery photo chosen, used on this image
+    ctx = at.session_state["_context"]
+    label = at.selectbox(key="knockout_other").value
+    assert label != ctx.image_name
+    item = next(i for i in resattn.images.gallery() if f"{i.label} [{i.source}]" == label)
+    prep = resattn.preprocess.Preprocessing.from_meta(ctx.meta)
+    x, other = prep(ctx.image), prep(resattn.images.load_image(item.read(), label))
+    probs = torch.softmax(resattn.knockout(ctx.model, x, ctx.stage, ctx.index, "other", other=other).logits, 1)[0]
+    top = [int(i) for i in np.argsort(-ctx.trace().probs)[:5]]
+    np.testing.assert_allclose(results["other"], probs[top].numpy(), atol=1e-5)
 
 
 def test_shared_results_compute_once_and_tell_a_waiting_session():

@@ -215,6 +215,12 @@ def test_the_page_works_without_an_image(app):
 # ---------------------------------------------------------------------------------------- faithfulness panels
 
 
+def _gallery_image(label: str):
+    """The gallery photo the app lists under ``label`` ("NAME [SOURCE]"), decoded as the app decodes it."""
+    item = next(i for i in resattn.images.gallery() if f"{i.label} [{i.source}]" == label)
+    return load_image(item.read(), label)
+
+
 def test_deletion_insertion_panel_on_the_attribution_page_matches_the_library(app):
     at = use_model(app, "a_tiny")
     at.switch_page("views/attribution.py").run()
@@ -222,11 +228,14 @@ def test_deletion_insertion_panel_on_the_attribution_page_matches_the_library(ap
     no_exceptions(at)
     assert len(at.get("plotly_chart")) == 1
     table = at.dataframe[-1].value
-    assert list(table["map"]) == [F.MAP_NAMES[n] for n in F.DELETION_MAPS]
+    assert list(table["map"]) == [F.MAP_NAMES[n] for n in F.DELETION_MAPS]  # every map and every control
     ctx = at.session_state["_context"]
+    other_label = at.selectbox(key="faithful_other").value
+    assert other_label != ctx.image_name
     target = int(np.argmax(ctx.trace().probs))
-    x = Preprocessing.from_meta(ctx.meta)(ctx.image)
-    maps = F.saliency_maps(ctx.model, x, target, ctx.stage, ctx.index)
+    prep = Preprocessing.from_meta(ctx.meta)
+    x, other = prep(ctx.image), prep(_gallery_image(other_label))
+    maps = F.saliency_maps(ctx.model, x, target, ctx.stage, ctx.index, other=other)
     direct = F.faithfulness_curves(ctx.model, x, target, maps)
     np.testing.assert_allclose(table["deletion AUC (lower is better)"], [direct[n]["deletion"].auc for n in maps],
                                atol=1e-6)
@@ -234,8 +243,43 @@ def test_deletion_insertion_panel_on_the_attribution_page_matches_the_library(ap
                                [direct[n]["insertion"].auc for n in maps], atol=1e-6)
     text = captions(at)
     assert "**Choices.** 32 equal steps" in text and "σ = 2 px" in text and "**Caveats.**" in text
+    assert "**Baseline**" in text and "favours IG" in text and other_label in text
     scored = [c for i in at.image for c in i.captions if c.startswith(tuple(F.MAP_NAMES.values()))]
     assert len(scored) >= 4 and all("colours:" in c for c in scored)  # every drawn map states its scale
+    # another "other" image gives another control map, and only that control changes
+    labels = at.selectbox(key="faithful_other").options
+    at.selectbox(key="faithful_other").set_value(next(l for l in labels if l not in (other_label, ctx.image_name))).run()
+    no_exceptions(at)
+    again = at.dataframe[-1].value
+    changed = [m for m, a, b in zip(again["map"], again["deletion AUC (lower is better)"],
+                                    table["deletion AUC (lower is better)"]) if abs(a - b) > 1e-9]
+    assert changed == [F.MAP_NAMES["other"]]
+
+
+def test_dataset_panel_scores_every_map_and_tests_pairs_image_by_image(app, dataset):
+    at = use_model(app, "a_tiny")
+    at.switch_page("views/attribution.py").run()
+    at.number_input(key="faithful_dataset_limit").set_value(6).run()
+    at.toggle(key="faithful_dataset_run").set_value(True).run()
+    no_exceptions(at)
+    summary, pairs = at.dataframe[-2].value, at.dataframe[-1].value
+    assert list(summary["map"]) == [F.MAP_NAMES[n] for n in F.DELETION_MAPS]
+    assert pairs["A − B"].iloc[0] == f"{F.MAP_NAMES['mask']} − {F.MAP_NAMES['other']}"  # the chosen pair first
+    # the same run with the library on the same six images (spread over the class-sorted split)
+    ctx = at.session_state["_context"]
+    from resattn.data import load_split
+
+    decoded = load_split(str(dataset), "test", 32, crop=32)
+    chosen = resattn.masks.spread_indices(len(decoded.labels), 6)
+    labels = torch.tensor([ctx.classes.index(CLASSES[int(i)]) for i in decoded.labels[chosen]])
+    direct = F.faithfulness_over_dataset(ctx.model, ctx.meta, decoded.images[chosen], labels, ctx.stage, ctx.index,
+                                         positions=chosen)
+    np.testing.assert_allclose(summary["deletion AUC (lower is better)"],
+                               [direct.summary()[n]["deletion_mean"] for n in F.DELETION_MAPS], atol=1e-5)
+    paired = direct.paired("mask", "other", "insertion")
+    assert pairs["insertion: mean A − B"].iloc[0] == pytest.approx(paired.mean, abs=1e-5)
+    assert pairs["insertion: p (Wilcoxon)"].iloc[0] == pytest.approx(paired.p_wilcoxon, abs=1e-5)
+    assert "6 images of the test split of tiny" in captions(at)
 
 
 def test_sanity_panel_on_the_learn_page(app):
@@ -250,6 +294,7 @@ def test_sanity_panel_on_the_learn_page(app):
     assert len(at.get("plotly_chart")) == 1
     table = at.dataframe[-1].value
     assert list(table["re-initialised to"]) == ["trained", "fc", "norm", "stage3", "stage2", "stage1", "stem"]
+    assert "Grad-CAM ρ |·|" in table and "IG SSIM" in table
     rho = list(table["mask M ρ"])
     assert rho[:5] == pytest.approx([1.0] * 5)  # stage 1's mask cannot change before stage 1 is re-initialised
     assert rho[5] < 0.99
@@ -294,7 +339,7 @@ def test_panels_and_picked_image_in_a_small_script(checkpoints, monkeypatch):
     at.toggle(key="sanity_run").set_value(True).run()
     no_exceptions(at)
     assert len(at.get("plotly_chart")) == 2 and "p(bird)" in str(at.get("plotly_chart")[0].proto.spec)
-    assert len(at.dataframe[0].value) == 5 and len(at.dataframe[1].value) == 7
+    assert len(at.dataframe[0].value) == len(F.DELETION_MAPS) and len(at.dataframe[1].value) == 7
     assert any(m.value == "picked: None" for m in at.markdown)
     at.session_state["dataset_pick"] = {"bytes": encode(photo(40, 30)), "name": "tiny/test/cat/000.png",
                                         "detail": "true class cat", "source": at.session_state["source"]}

@@ -1,8 +1,9 @@
 """Is a map faithful to the model? Two on-demand panels over :mod:`resattn.faithfulness`, for the existing pages:
 
 * :func:`deletion_insertion_panel` (Attribution page): deletion and insertion curves (Petsiuk et al., BMVC 2018)
-  of the soft mask, Grad-CAM, Integrated Gradients, a random map and a centre prior for the current image and
-  class, with their AUCs;
+  of the soft mask, Grad-CAM and Integrated Gradients beside their controls (another image's mask, the inverted
+  mask, a random map as smooth as the mask, pixel noise, a centre prior) for the current image and class, with
+  their AUCs; the same over many images of a dataset, with paired tests, is in :mod:`faithful_dataset`;
 * :func:`sanity_panel` (Learn page): the cascading randomisation sanity check (Adebayo et al., NeurIPS 2018), as a
   plot of Spearman ρ and SSIM per step and as the maps themselves.
 
@@ -34,7 +35,8 @@ from . import components, state
 Progress = Callable[[int, int, str], None]
 #: One colour per map, the same in every plot.
 COLOURS = {"mask": "#1f77b4", "gradcam": "#d62728", "guided_gradcam": "#ff7f0e", "integrated_gradients": "#2ca02c",
-           "random": "#7f7f7f", "centre": "#9467bd", "occlusion": "#8c564b"}
+           "random": "#7f7f7f", "centre": "#9467bd", "occlusion": "#8c564b", "other": "#17becf",
+           "inverted": "#bcbd22", "smooth_random": "#e377c2"}
 SIDE = 200  # the sanity check's map thumbnails
 PER_ROW = 4  # sanity-check thumbnails per row: wide enough for each one's colorbar numbers
 SHORT = {"mask": "mask M", "gradcam": "Grad-CAM", "guided_gradcam": "Guided Grad-CAM", "integrated_gradients": "IG"}
@@ -53,6 +55,11 @@ def _none(done: int, total: int, text: str) -> None:  # noqa: ARG001 - default p
 def map_names(ctx: components.Context, names: Sequence[str]) -> list[str]:
     """``names`` without the soft mask when the model has no attention modules (the ResNet baseline)."""
     return [n for n in names if n != "mask" or sum(ctx.module_counts) > 0]
+
+
+def reference_map(ctx: components.Context) -> str:
+    """The map the controls are made from: the mask, or Grad-CAM for a model without attention modules."""
+    return "mask" if sum(ctx.module_counts) > 0 else "gradcam"
 
 
 def _ig_steps() -> int:
@@ -96,15 +103,18 @@ class DeletionResult:
 
 
 def deletion_curves(model: nn.Module, x: torch.Tensor, target: int, stage: int, index: int, names: Sequence[str],
-                    ig_steps: int = 16, steps: int = F.DEFAULT_STEPS, progress: Progress = _none) -> DeletionResult:
-    """:func:`resattn.faithfulness.saliency_maps` one map at a time (for progress), then
+                    ig_steps: int = 16, steps: int = F.DEFAULT_STEPS, progress: Progress = _none, *,
+                    reference: str = "mask", other: torch.Tensor | None = None) -> DeletionResult:
+    """:func:`resattn.faithfulness.saliency_maps` (with progress), then
     :func:`resattn.faithfulness.faithfulness_curves` with the library's defaults."""
     start = time.perf_counter()
     total = len(names) + 1
-    found: dict[str, np.ndarray] = {}
-    for done, name in enumerate(names):
-        progress(done, total, f"computing the {F.MAP_NAMES[name]} map")
-        found.update(F.saliency_maps(model, x, target, stage, index, [name], ig_steps=ig_steps))
+
+    def maps_progress(done: int, _total: int, text: str) -> None:
+        progress(done, total, f"computing {text}")
+
+    found = F.saliency_maps(model, x, target, stage, index, names, ig_steps=ig_steps, reference=reference,
+                            other=other, progress=maps_progress)
     progress(len(names), total, f"scoring {2 * (steps + 1) * len(names)} perturbed images")
     curves = F.faithfulness_curves(model, x, target, found, steps)
     size = tuple(x.shape[-2:])
@@ -147,24 +157,35 @@ def _map_panel(picture_side: int, amap: np.ndarray, quantity: str, contrast: str
 
 
 def deletion_insertion_panel(ctx: components.Context, target: int) -> None:
-    """Deletion and insertion curves of every map for the current image and class ``target`` (on demand)."""
-    st.subheader("Is the map faithful? Deletion and insertion")
+    """Deletion and insertion curves of every map and control for the current image and class ``target``
+    (on demand)."""
+    st.subheader("Is the map faithful? Deletion and insertion, with controls")
     names = map_names(ctx, F.DELETION_MAPS)
+    reference = reference_map(ctx)
+    shown = F.MAP_NAMES[reference]
     class_name = ctx.class_name(int(target))
     st.markdown(
         "Remove the pixels in the order a map ranks them, most important first, and follow the probability of "
         f"**{class_name}** (*deletion*: it should fall fast), or reveal them in that order on a blurred copy "
         "(*insertion*: it should rise fast) — Petsiuk et al., BMVC 2018. A map ordered like the model's evidence "
-        "has a low deletion AUC and a high insertion AUC; a random map and a centre prior are the floors to beat.")
+        "has a low deletion AUC and a high insertion AUC. **The controls say what a score means**: *another "
+        f"image's map* ({shown} of the image chosen below) knows nothing about this image, so matching it means "
+        "the score comes from the map's usual layout; the *inverted map* ranks its last pixels first; a *random "
+        f"map as smooth as the {shown}* separates what smoothness alone does (deleting blobs rather than "
+        "scattered pixels) from what the map knows; pixel noise and a centre prior are the usual floors.")
+    other = components.other_image(ctx, "faithful_other", "Another image (for the control “another image's map”)")
+    if other is None:
+        names = [n for n in names if n != "other"]
     if not st.toggle("Compute the deletion and insertion curves (a few seconds)", key="faithful_deletion"):
         return
     ig_steps = _ig_steps()
     key = ("deletion", ctx.entry.key, ctx.image_hash, int(target), ctx.stage, ctx.index, tuple(names), ig_steps,
-           F.DEFAULT_STEPS)
+           F.DEFAULT_STEPS, reference, other[2] if other else None)
     x = state.model_input(ctx.image, ctx.meta)
+    other_x = state.model_input(other[0], ctx.meta) if other else None
     result: DeletionResult = _run(key, lambda progress: deletion_curves(
-        ctx.model, x, int(target), ctx.stage, ctx.index, names, ig_steps, progress=progress),
-        f"Deletion and insertion for {class_name}:")
+        ctx.model, x, int(target), ctx.stage, ctx.index, names, ig_steps, progress=progress, reference=reference,
+        other=other_x), f"Deletion and insertion for {class_name}:")
     st.plotly_chart(_curve_figure(result, class_name), width="stretch", key="faithful_curves")
     st.dataframe([{"map": F.MAP_NAMES[n], "deletion AUC (lower is better)": result.auc[n]["deletion"],
                    "insertion AUC (higher is better)": result.auc[n]["insertion"]} for n in result.names],
@@ -175,20 +196,25 @@ def deletion_insertion_panel(ctx: components.Context, target: int) -> None:
     per_step = round(h * w / result.steps)
     st.caption(
         f"**Choices.** {result.steps} equal steps of about {per_step} of the {h}×{w} input pixels (all colour "
-        "channels of a position together); ties broken by position. Deletion replaces pixels by 0 in normalised "
-        "space, i.e. the dataset's mean colour; insertion starts from a Gaussian blur of the input with "
-        f"σ = {result.blur_sigma:.3g} px (side / 16) and puts the original pixels back. Score: the softmax "
-        f"probability of class {class_name} (index {int(target)}); AUC by the trapezoid rule over the fraction of "
-        f"pixels, in [0, 1]. Maps: the soft mask M of stage {ctx.stage}, module {ctx.index} (channel mean, "
-        f"upsampled bilinearly; class-agnostic), Grad-CAM at the output of stage {ctx.stage}, Integrated Gradients "
-        f"({ig_steps} steps, zero baseline, summed over colour channels; signed maps are ranked by value, positive "
-        "evidence first), uniform random noise (seed 0) and a centre Gaussian with σ = side / 4. "
+        "channels of a position together); ties broken by position. **Baseline**: deletion replaces pixels by 0 "
+        "in normalised space, i.e. the dataset's mean colour — the same image Integrated Gradients starts from, "
+        "which favours IG here (its attributions add up to the change from that very image). Insertion starts "
+        f"from a Gaussian blur of the input with σ = {result.blur_sigma:.3g} px (side / 16) and puts the original "
+        f"pixels back. Score: the softmax probability of class {class_name} (index {int(target)}); AUC by the "
+        f"trapezoid rule over the fraction of pixels, in [0, 1]. Maps: the soft mask M of stage {ctx.stage}, "
+        f"module {ctx.index} (channel mean, upsampled bilinearly; class-agnostic), Grad-CAM at the output of "
+        f"stage {ctx.stage}, Integrated Gradients ({ig_steps} steps, summed over colour channels; signed maps are "
+        "ranked by value, positive evidence first). Controls, made from the "
+        f"{shown}: the same map of another image{f' ({other[1]})' if other else ''} for this class, the map "
+        "inverted within its range, and a phase-randomised copy (its Fourier amplitudes with random phases, seed "
+        "0: as smooth, no layout); uniform pixel noise (seed 0) and a centre Gaussian with σ = side / 4. "
         "**Caveats.** Mean-coloured holes and blurred images are outside the training data: part of every drop "
         "or rise is the model reacting to the artefact (ROAR retrains to avoid this; this does not). The mask "
         "weighs features inside the network for every class; scoring it by one class's probability after "
-        "upsampling a coarse map is one reading of it, not its definition. One image is an anecdote "
-        "(`python -m resattn.faithfulness deletion` averages over a dataset), and the numbers depend on the "
-        f"steps, baseline and blur: compare maps only under the same settings. Computed in {result.seconds:.1f} s.")
+        "upsampling a coarse map is one reading of it, not its definition (the Learn page's knock-out tests what "
+        "it does). One image is an anecdote: the panel below, and `python -m resattn.faithfulness deletion`, "
+        "compare maps image by image over a dataset; the numbers depend on the steps, baseline and blur: compare "
+        f"maps only under the same settings. Computed in {result.seconds:.1f} s.")
     with st.expander("The maps that ordered the pixels"):
         contrast = st.session_state.get("contrast_attribution", "stretch")
         for column, name in zip(st.columns(len(result.names)), result.names):
@@ -201,39 +227,14 @@ def deletion_insertion_panel(ctx: components.Context, target: int) -> None:
 # ------------------------------------------------------------------------------------------- sanity check
 
 
-def _compared(name: str, amap: np.ndarray) -> np.ndarray:
-    """What the check compares: the mask by value, attributions by magnitude |A| (as the library does)."""
-    return amap if name == "mask" else np.abs(amap)
-
-
 def sanity_with_progress(model: nn.Module, x: torch.Tensor, target: int, stage: int, index: int,
                          names: Sequence[str], *, seed: int = 0, ig_steps: int = 16,
                          progress: Progress = _none) -> F.SanityResult:
-    """:func:`resattn.faithfulness.sanity_check`, step by step with progress: the same cascade
-    (:func:`~resattn.faithfulness.randomisation_cascade`), maps and measures, and the same result."""
+    """:func:`resattn.faithfulness.sanity_check` with progress, and the seconds it took in its settings."""
     start = time.perf_counter()
-    blocks = [name for name, _ in F.cascade_blocks(model)]
-    total = len(blocks) + 1
-
-    def measure(net: nn.Module, block: str, done: tuple[str, ...]) -> F.SanityStep:
-        found = F.saliency_maps(net, x, target, stage, index, names, seed=seed, ig_steps=ig_steps)
-        with torch.inference_mode():
-            probs = torch.softmax(net(x).float(), dim=1)[0]
-        return F.SanityStep(block, done, found, {}, {}, float(probs[target]), int(probs.argmax()))
-
-    progress(0, total, "maps of the trained model")
-    steps = [measure(model, "trained", ())]
-    for number, (block, randomised, done) in enumerate(F.randomisation_cascade(model, seed), start=1):
-        progress(number, total, f"re-initialised down to {block}")
-        steps.append(measure(randomised, block, done))
-    progress(total, total, "done")
-    for step in steps:
-        for n in names:
-            a, b = _compared(n, steps[0].maps[n]), _compared(n, step.maps[n])
-            step.spearman[n] = F.rank_correlation(a, b)
-            step.ssim[n] = F.ssim(a, b)
-    return F.SanityResult(int(target), stage, index, list(names), steps,
-                          {"seed": seed, "ig_steps": ig_steps, "seconds": time.perf_counter() - start})
+    result = F.sanity_check(model, x, target, stage, index, names, seed=seed, ig_steps=ig_steps, progress=progress)
+    result.settings["seconds"] = time.perf_counter() - start
+    return result
 
 
 def _step_label(block: str) -> str:
@@ -242,9 +243,9 @@ def _step_label(block: str) -> str:
 
 def _sanity_figure(result: F.SanityResult) -> go.Figure:
     labels = [_step_label(s.block) for s in result.steps]
-    figure = make_subplots(rows=1, cols=2, horizontal_spacing=0.08, subplot_titles=(
-        "Spearman ρ with the trained model's map", "SSIM with the trained model's map"))
-    for col, measure in enumerate(("spearman", "ssim"), start=1):
+    figure = make_subplots(rows=1, cols=3, horizontal_spacing=0.06, subplot_titles=(
+        "Spearman ρ (signed maps)", "Spearman ρ (absolute values)", "SSIM with the trained model's map"))
+    for col, measure in enumerate(("spearman", "spearman_abs", "ssim"), start=1):
         for name in result.names:
             figure.add_trace(go.Scatter(
                 x=labels, y=[getattr(s, measure)[name] for s in result.steps], mode="lines+markers",
@@ -266,24 +267,30 @@ def sanity_panel(ctx: components.Context) -> None:
         "Adebayo et al. (NeurIPS 2018): destroy the trained weights, from the classifier downwards one block at a "
         "time (re-initialised as before training), and recompute each map. **A map that does not change when the "
         "weights it should depend on are destroyed explains the architecture, not what was learned.**\n\n"
-        f"What to expect here: the soft mask of stage {ctx.stage} is computed *before* the classifier and every "
-        f"later stage, so it cannot change until stage {ctx.stage} (or one below it) is re-initialised — by "
-        "construction, not as a failure; and it is class-agnostic. Grad-CAM and Integrated Gradients explain the "
+        f"**What this can and cannot show for the mask.** The soft mask of stage {ctx.stage} is computed *before* "
+        f"the classifier and every later stage, so it cannot change until stage {ctx.stage} (or one below it) is "
+        "re-initialised, and then it must: that holds **by construction** and is no evidence that the mask "
+        "explains anything, only that it is its own stage's output. Grad-CAM and Integrated Gradients explain the "
         f"class **{class_name}** (the trained model's top-1 here, kept fixed through the cascade): they should "
-        "change as soon as the classifier is gone.")
+        "change as soon as the classifier is gone. **One image and one seed are an anecdote**: how far a map "
+        "still resembles the trained one depends strongly on the random weights drawn (try other seeds); "
+        "`python -m resattn.faithfulness sanity --data D --seeds 0 1 2 3 4` gives mean and spread over images "
+        "and seeds.")
     options = map_names(ctx, F.SANITY_MAPS)
     st.session_state.setdefault("sanity_maps", [n for n in ("mask", "gradcam", "integrated_gradients") if n in options])
-    names = st.multiselect("Maps", options, key="sanity_maps", format_func=F.MAP_NAMES.get)
+    left, right = st.columns([3, 1])
+    names = left.multiselect("Maps", options, key="sanity_maps", format_func=F.MAP_NAMES.get)
+    seed = int(right.number_input("Re-initialisation seed", 0, 999, step=1, key="sanity_seed"))
     if not st.toggle("Run the randomisation cascade (seconds: every map at every step)", key="sanity_run"):
         return
     if not names:
         st.info("Choose at least one map.")
         return
     ig_steps = _ig_steps()
-    key = ("sanity", ctx.entry.key, ctx.image_hash, target, ctx.stage, ctx.index, tuple(names), ig_steps, 0)
+    key = ("sanity", ctx.entry.key, ctx.image_hash, target, ctx.stage, ctx.index, tuple(names), ig_steps, seed)
     x = state.model_input(ctx.image, ctx.meta)
     result: F.SanityResult = _run(key, lambda progress: sanity_with_progress(
-        ctx.model, x, target, ctx.stage, ctx.index, names, ig_steps=ig_steps, progress=progress),
+        ctx.model, x, target, ctx.stage, ctx.index, names, seed=seed, ig_steps=ig_steps, progress=progress),
         "Randomisation cascade:")
     st.plotly_chart(_sanity_figure(result), width="stretch", key="sanity_plot")
     rows = []
@@ -292,6 +299,7 @@ def sanity_panel(ctx: components.Context) -> None:
                                "top-1": ctx.class_name(step.prediction)}
         for n in result.names:
             row[f"{SHORT[n]} ρ"] = step.spearman[n]
+            row[f"{SHORT[n]} ρ |·|"] = step.spearman_abs[n]
             row[f"{SHORT[n]} SSIM"] = step.ssim[n]
         rows.append(row)
     numbers = {k: st.column_config.NumberColumn(format="%.3f", width="small") for k in rows[0]
@@ -302,9 +310,11 @@ def sanity_panel(ctx: components.Context) -> None:
     st.caption(
         f"Step k re-initialises one more block ({' → '.join(s.block for s in result.steps[1:])}) with the "
         "network's own initialisation (He normal convolutions, N(0, 0.01²) classifier, BatchNorm γ = 1, β = 0, "
-        "running statistics reset), seed 0, on a copy: the loaded model is untouched. ρ: Spearman rank correlation "
-        "with the trained model's map; SSIM (7×7 window) on both maps scaled to [0, 1]; attributions are compared "
-        "by |A|, the mask by its value; empty: a constant map. Integrated Gradients with "
+        f"running statistics reset), seed {seed}, on a copy: the loaded model is untouched. ρ: Spearman rank "
+        "correlation with the trained model's map as it is (signed), ρ |·|: of the absolute values (Adebayo et al. "
+        "report both); SSIM (7×7 window) on both maps scaled to [0, 1], attributions by |A|, the mask by its "
+        "value; empty: a constant map (Grad-CAM is all zero when no channel weighs positively). Integrated "
+        "Gradients with "
         f"{ig_steps} steps; Grad-CAM and the mask at stage {ctx.stage} (mask: module {ctx.index}, channel mean). "
         f"Computed in {result.settings['seconds']:.1f} s (shared by every session once computed).")
     contrast = st.session_state.get("contrast_learn", "stretch")
@@ -319,7 +329,7 @@ def sanity_panel(ctx: components.Context) -> None:
         for first in range(0, len(result.steps), PER_ROW):
             for column, step in zip(st.columns(PER_ROW), result.steps[first : first + PER_ROW]):
                 with column:
-                    amap = _compared(name, step.maps[name])
+                    amap = F.compared(name, step.maps[name])
                     stats = maps.describe(amap)
                     if not stats.ok:
                         st.caption(f"{_step_label(step.block)}: {stats.problem}")

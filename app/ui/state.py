@@ -270,14 +270,17 @@ def _trace_to_numpy(trace: resattn.Trace, seconds: float, with_path: bool, model
 
 @st.cache_data(show_spinner=False, max_entries=48)
 def trace(model_key: str, image_hash: str, _model: torch.nn.Module, _meta: dict, _image: Image.Image,
-          with_path: bool = False, knockout: tuple[int, int, str] | None = None) -> TraceData:
-    """``resattn.inspect`` (or ``knockout``) on one image, as NumPy; cached by model key and image hash."""
+          with_path: bool = False, knockout: tuple[int, int, str] | None = None, other_hash: str | None = None,
+          _other: Image.Image | None = None) -> TraceData:
+    """``resattn.inspect`` (or ``knockout``) on one image, as NumPy; cached by model key and image hash. The
+    knock-out ``"other"`` uses the mask the module computes for ``_other`` (another image, named by ``other_hash``)."""
     start = time.perf_counter()
     x = model_input(_image, _meta)
     if knockout is None:
         result = resattn.inspect(_model, x)
     else:
-        result = resattn.knockout(_model, x, *knockout)
+        other = model_input(_other, _meta) if _other is not None else None
+        result = resattn.knockout(_model, x, *knockout, other=other)
     return _trace_to_numpy(result, time.perf_counter() - start, with_path, model_key)
 
 

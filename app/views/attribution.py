@@ -8,7 +8,7 @@ import streamlit as st
 
 from resattn import attribution, maps
 
-from ui import components, faithful_panels, state
+from ui import components, faithful_dataset, faithful_panels, state
 
 st.title("Masks and attributions")
 ctx = components.require_context()
@@ -92,6 +92,7 @@ if rows:
     st.subheader("Agreement between the mask and each attribution")
     st.dataframe(rows, hide_index=True)
 faithful_panels.deletion_insertion_panel(ctx, target)
+faithful_dataset.dataset_panel(ctx)
 st.info(
     "**What agreement means.** Spearman ρ compares the *ranking* of all pixels; the IoU compares the 20% of pixels "
     "each map ranks highest. High agreement says the mask emphasises the places that matter for this class by that "

@@ -58,3 +58,72 @@ def test_a_cached_split_serves_a_subset_without_decoding(tmp_path, wide, decodes
     fresh = resattn.data.load_split(str(wide), "test", cache_dir=tmp_path / "other", items=[29, 3, 7])
     assert len(decodes) == 33 and torch.equal(fresh.images, part.images)
     assert not (tmp_path / "other").exists()  # a subset is never cached as if it were the split
+
+
+# ---------------------------------------------------------------------------------------------- option ranges
+
+#: (option, its lowest accepted value, the nearest refused value below, its highest accepted value, the nearest
+#: refused value above): every limit at its boundary and one past it.
+BOUNDS = [
+    ("--width-mult", "0.001", "0", "4", "4.001"),
+    ("--epochs", "0.001", "0", "1000", "1000.5"),
+    ("--iterations", "1", "0", "100000000", "100000001"),
+    ("--batch-size", "1", "0", "4096", "4097"),
+    ("--lr", "1e-9", "0", "10", "10.01"),
+    ("--weight-decay", "0", "-1e-9", "1", "1.01"),
+    ("--label-smoothing", "0", "-0.1", "0.99", "1"),
+    ("--label-noise", "0", "-0.1", "0.99", "1"),
+    ("--input-size", "16", "15", "512", "513"),
+    ("--crop-scale", "0.01", "0", "1", "1.01"),
+    ("--seed", "0", "-1", "4294967295", "4294967296"),
+    ("--train-limit", "1", "0", "100000000", "100000001"),
+    ("--test-limit", "1", "0", "100000000", "100000001"),
+    ("--eval-batch-size", "1", "0", "4096", "4097"),
+    ("--save-every", "1", "0", "1000000000", "1000000001"),
+    ("--stop-after", "1", "0", "1000000000", "1000000001"),
+    ("--probe", "0", "-1", "64", "65"),
+]
+
+
+def _parse(*args: str):
+    from resattn.train import build_parser
+
+    parser = build_parser()
+
+    def refuse(message: str):
+        raise ValueError(message)
+
+    parser.error = refuse
+    return parser.parse_args(list(args))
+
+
+@pytest.mark.parametrize("option, low, below, high, above", BOUNDS, ids=[b[0] for b in BOUNDS])
+def test_every_numeric_option_is_checked_at_its_boundaries(option, low, below, high, above):
+    for accepted in (low, high):
+        _parse(f"{option}={accepted}")
+    for refused in (below, above):
+        with pytest.raises(ValueError, match=f"argument {option}: must be a finite number in"):
+            _parse(f"{option}={refused}")
+    for refused in ("nan", "inf", "-inf", "ten"):
+        with pytest.raises(ValueError, match=f"argument {option}: (must be a finite number in|.* is not a)"):
+            _parse(f"{option}={refused}")
+
+
+def test_threads_are_bounded_by_the_machines_cores():
+    import os
+
+    cores = os.cpu_count()
+    assert _parse("--threads", str(cores)).threads == cores and _parse("--threads", "1").threads == 1
+    for refused in ("0", str(cores + 1), "100000"):
+        with pytest.raises(ValueError, match="argument --threads: must be a finite number in"):
+            _parse("--threads", refused)
+
+
+def test_the_python_api_checks_the_same_ranges():
+    TrainConfig(lr=10, epochs=1000).resolved()  # the boundaries
+    for bad in (dict(lr=float("nan")), dict(weight_decay=float("nan")), dict(lr=float("inf")), dict(epochs=-5),
+                dict(batch_size=0), dict(iterations=-1), dict(save_every=0), dict(epochs=float("nan")),
+                dict(width_mult=1000.0), dict(input_size=100000), dict(threads=100000)):
+        name = next(iter(bad))
+        with pytest.raises(ValueError, match=f"--{name.replace('_', '-')} must be a finite number in"):
+            TrainConfig(**bad).resolved()

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..checkpoint import read_meta
 
-__all__ = ["RECIPES", "TRAIN_ONLY", "TrainConfig", "lr_at"]
+__all__ = ["RECIPES", "TRAIN_ONLY", "RANGES", "TrainConfig", "check_value", "lr_at"]
 
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": dict(
@@ -29,6 +29,49 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 #: What ``--train-only`` may train: everything, stage 3 and after, or only the classifier.
 TRAIN_ONLY: tuple[str, ...] = ("all", "stage3", "head")
+
+
+#: The range of every numeric option as (lowest, highest, lowest allowed, highest allowed); NaN and infinities are
+#: never allowed. The command line refuses a value outside it, naming the option, and so does
+#: :meth:`TrainConfig.resolved`. ``threads`` is bounded by the machine's cores instead (:func:`check_value`).
+RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "width_mult": (0, 4, False, True),
+    "epochs": (0, 1000, False, True),
+    "iterations": (1, 10**8, True, True),
+    "batch_size": (1, 4096, True, True),
+    "lr": (0, 10, False, True),
+    "weight_decay": (0, 1, True, True),
+    "label_smoothing": (0, 1, True, False),
+    "label_noise": (0, 1, True, False),
+    "input_size": (16, 512, True, True),
+    "crop_scale": (0, 1, False, True),
+    "seed": (0, 2**32 - 1, True, True),
+    "threads": (1, 1, True, True),  # the high end is the machine's core count
+    "train_limit": (1, 10**8, True, True),
+    "test_limit": (1, 10**8, True, True),
+    "eval_batch_size": (1, 4096, True, True),
+    "save_every": (1, 10**9, True, True),
+    "stop_after": (1, 10**9, True, True),
+    "probe": (0, 64, True, True),
+}
+
+
+def check_value(name: str, value: float) -> float:
+    """``value`` of option ``name`` (a key of :data:`RANGES`) if it is a finite number in its range, else
+    :class:`ValueError` naming the option (``--name``) and its range."""
+    low, high, low_ok, high_ok = RANGES[name]
+    if name == "threads":
+        high = os.cpu_count() or 1
+    inside = math.isfinite(value) and (low <= value if low_ok else low < value) and (
+        value <= high if high_ok else value < high)
+    if not inside:
+        bounds = f"{'[' if low_ok else '('}{_number(low)}, {_number(high)}{']' if high_ok else ')'}"
+        raise ValueError(f"--{name.replace('_', '-')} must be a finite number in {bounds}, got {_number(value)}")
+    return value
+
+
+def _number(value: float) -> str:
+    return f"{int(value):,}" if math.isfinite(value) and float(value).is_integer() else f"{value:g}"
 
 
 @dataclass
@@ -95,6 +138,9 @@ class TrainConfig:
         values["milestones"] = tuple(base["milestones"])
         values["per_pixel_mean"] = base["per_pixel_mean"]
         values["warmup"] = base["warmup"]
+        for name in RANGES:
+            if values[name] is not None:
+                check_value(name, values[name])
         if values["weight_decay_scope"] not in ("all", "weights"):
             raise ValueError(f"weight_decay_scope must be 'all' or 'weights', got {values['weight_decay_scope']!r}")
         if values["train_only"] not in TRAIN_ONLY:

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import struct
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
@@ -154,9 +156,12 @@ def load_checkpoint(source: str | os.PathLike[str] | bytes, map_location: str = 
         raise CheckpointError(f"{where} is corrupt or truncated: {exc}") from exc
     overrides = build_overrides(meta, where)
     try:
-        model = create_model(meta["model"], **overrides)
+        with torch.device("meta"):  # the network the metadata describes, with no memory behind its tensors
+            skeleton = create_model(meta["model"], **overrides)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{where} has overrides this resattn cannot build: {exc}") from exc
+    _check_shapes(skeleton, state, meta["model"], where)
+    model = create_model(meta["model"], **overrides)  # now as large as the file's own weights, no larger
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -164,6 +169,20 @@ def load_checkpoint(source: str | os.PathLike[str] | bytes, map_location: str = 
         raise CheckpointError(f"{where}: weights do not match model {meta['model']}: {' '.join(first)}") from exc
     model.to(map_location).eval()
     return model, meta
+
+
+def _check_shapes(skeleton: nn.Module, state: dict[str, Any], name: str, where: str) -> None:
+    """:class:`CheckpointError` unless the file holds every tensor of ``skeleton`` (built on the meta device) in
+    its shape: metadata that describes a larger network than the file's weights (``width_mult: 500``) is refused
+    before that network is allocated."""
+    wanted = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    held = {k: tuple(v.shape) for k, v in state.items()}
+    if wanted != held:
+        wrong = sorted(set(wanted) ^ set(held)) or sorted(k for k in wanted if wanted[k] != held[k])
+        size = sum(math.prod(s) for s in wanted.values())
+        raise CheckpointError(f"{where}: weights do not match model {name}: its metadata describes a network of "
+                              f"{size:,} values, the file holds {sum(math.prod(s) for s in held.values()):,} "
+                              f"(first difference: {wrong[0]})")
 
 
 def build_overrides(meta: dict[str, Any], where: str = "checkpoint") -> dict[str, Any]:

@@ -217,3 +217,17 @@ def test_half_precision_storage_loads_as_float32(tmp_path, tiny_cifar):
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model(x), tiny_cifar(x), rtol=2e-2, atol=2e-2)
+
+
+def test_metadata_that_describes_a_larger_network_than_the_file_is_refused_before_it_is_built(tmp_path):
+    """Issue 22: ``width_mult: 500`` in the metadata of a small file exhausted memory on load; the network the
+    metadata names is now built without memory (meta device) and compared with the file's own tensors first."""
+    model = resattn.create_model("attention56_cifar", width_mult=0.125)
+    model.resattn_spec["overrides"]["width_mult"] = 500  # the file's weights stay an eighth-width network's
+    path = tmp_path / "liar.safetensors"
+    resattn.save_checkpoint(path, model, {"classes": [str(i) for i in range(10)], "input_size": 32})
+    with pytest.raises(CheckpointError, match=r"describes a network of [\d,]+ values, the file holds"):
+        resattn.load_checkpoint(path)
+    model.resattn_spec["overrides"]["width_mult"] = 0.125
+    resattn.save_checkpoint(path, model, {"classes": [str(i) for i in range(10)], "input_size": 32})
+    assert resattn.load_checkpoint(path)[1]["overrides"]["width_mult"] == 0.125  # the honest file loads

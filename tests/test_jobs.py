@@ -142,10 +142,15 @@ def test_lifecycle_queue_snapshots_and_a_new_manager(root, dataset):
 def test_a_failing_job_keeps_its_log_tail(root, dataset):
     m = manager_for(root)
     job = m.submit(tiny(dataset, "--epochs", "1", "--classes", "horse"))
+    small = m.submit(tiny(dataset, "--epochs", "1", "--batch-size", "64"))  # 48 training images
     failed = wait_for(m, job.id, ("failed", "succeeded"))
     assert failed.state == "failed" and failed.returncode == 1 and failed.checkpoint is None
-    assert "the trainer exited with code 1" in failed.error
-    assert "class 'horse' is not in" in failed.error  # the trainer's own message, from the log's tail
+    # the cause from the trainer's log leads the error (the page shows its first line), the log's tail follows
+    assert failed.error.splitlines()[0].startswith("the trainer exited with code 1: class 'horse' is not in ")
+    assert "\nerror: class 'horse' is not in" in failed.error
+    too_small = wait_for(m, small.id, ("failed", "succeeded"))
+    assert too_small.error.splitlines()[0] == (
+        "the trainer exited with code 1: 48 training images make no full batch of 64")
 
 
 def test_cancel_stops_the_trainers_whole_process_group(root, dataset):

@@ -127,3 +127,52 @@ def test_the_python_api_checks_the_same_ranges():
         name = next(iter(bad))
         with pytest.raises(ValueError, match=f"--{name.replace('_', '-')} must be a finite number in"):
             TrainConfig(**bad).resolved()
+
+
+# ---------------------------------------------------------------------------------------------- divergence
+
+
+def _poison(target: str, after_epoch: int = 1):
+    """A callback that writes NaN into one tensor of the model's state after ``after_epoch``."""
+
+    def callback(run, metrics):
+        if metrics["epoch"] == after_epoch:
+            run.model.state_dict()[target].fill_(float("nan"))
+
+    return callback
+
+
+def _config(tmp_path, data, **extra):
+    return TrainConfig(**{**TINY, "data": str(data), "epochs": 2, "out": str(tmp_path / "run"),
+                          "state_dir": str(tmp_path / "state"), **extra})
+
+
+def test_a_run_whose_loss_becomes_nan_stops_with_that_reason_and_writes_no_checkpoint(tmp_path, wide):
+    from resattn.train import Diverged, train
+
+    with pytest.raises(Diverged, match=r"the loss became nan by iteration (1[1-9]|2\d)"):  # within 10 of epoch 2's start
+        train(_config(tmp_path, wide), callbacks=[_poison("fc.weight")])
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1  # epoch 1 only
+
+
+def test_non_finite_weights_are_caught_even_while_the_loss_stays_finite(tmp_path, wide):
+    """Batch-norm running statistics do not enter the training loss; the weight checks find them, after an epoch
+    and again before the checkpoint is written."""
+    from resattn.train import Diverged, train
+
+    with pytest.raises(Diverged, match="stage1.unit.bn1.running_var holds NaN or infinite values after epoch 2"):
+        train(_config(tmp_path / "a", wide), callbacks=[_poison("stage1.unit.bn1.running_var")])
+    with pytest.raises(Diverged, match="holds NaN or infinite values at the end of the run"):
+        train(_config(tmp_path / "b", wide), callbacks=[_poison("stage1.unit.bn1.running_var", after_epoch=2)])
+    assert not (tmp_path / "b" / "run" / "model.safetensors").exists()
+
+
+def test_the_command_line_says_why_a_run_failed_in_one_line(tmp_path, wide, capsys):
+    from resattn.train import main
+
+    code = main(["--data", str(wide), "--width-mult", "0.125", "--batch-size", "512", "--threads", "1",
+                 "--out", str(tmp_path / "run"), "--state-dir", str(tmp_path / "state"), "--progress", "none"])
+    assert code == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: 120 training images make no full batch of 512")

@@ -60,6 +60,23 @@ def log_tail(job: Job, lines: int = 40) -> str:
     return "\n".join(clean_log(_read_tail(job.log_path))[-lines:])
 
 
+_EXCEPTION = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?(\w*(?:Error|Exception|Interrupt))(?:: (.*))?$")
+
+
+def failure_cause(job: Job) -> str | None:
+    """Why the job's trainer failed, from its log: its own ``error: ...`` line, else the last exception a
+    traceback names (``DataError: ...``), else None."""
+    lines = clean_log(_read_tail(job.log_path))
+    for line in reversed(lines):
+        if line.startswith("error: "):
+            return line.removeprefix("error: ").strip()
+    for line in reversed(lines):
+        found = _EXCEPTION.match(line.strip())
+        if found:
+            return found.group(1) + (f": {found.group(2)}" if found.group(2) else "")
+    return None
+
+
 def read_metrics(folder: Path) -> list[dict[str, Any]]:
     """The trainer's ``metrics.jsonl`` lines (one per epoch); a half-written last line is skipped."""
     try:

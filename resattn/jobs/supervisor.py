@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .config import CANCEL_GRACE_S, CPU_NICENESS, HERE, LOG_NAME
-from .logs import log_tail
+from .logs import failure_cause, log_tail
 from .options import trainer_command, trainer_env
 from .process import (
     _adopt_child,
@@ -134,7 +134,8 @@ def _run_trainer(store: JobStore, job: Job) -> tuple[str, int | None, str | None
         reason = f"the trainer was killed by {signal.Signals(-rc).name}" + (" (out of memory?)" if rc == -9 else "")
     else:
         reason = f"the trainer exited with code {rc}"
-    return "failed", rc, reason
+    cause = failure_cause(job)
+    return "failed", rc, reason + (f": {cause}" if cause else "")
 
 
 def _watch(proc: subprocess.Popen, start: int | None, cancelled: Callable[[], bool]) -> list[tuple[int, int]]:

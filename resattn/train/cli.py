@@ -12,7 +12,9 @@ from typing import Any
 
 import torch.distributed as dist
 
-from .loop import train
+from ..checkpoint import CheckpointError
+from ..data import DataError
+from .loop import Diverged, train
 from .recipes import RECIPES, TRAIN_ONLY, TrainConfig, check_value
 
 __all__ = ["build_parser", "main"]
@@ -93,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
             setattr(config, key, os.path.expanduser(getattr(config, key)))
     try:
         result = train(config)
+    except (DataError, CheckpointError, Diverged) as exc:  # a user's mistake or a diverged run: say why, no trace
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 1
     finally:
         distributed = dist.is_initialized()
         if distributed:

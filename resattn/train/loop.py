@@ -24,13 +24,35 @@ from .environment import hardware_summary
 from .evaluation import evaluate_model
 from .recipes import TrainConfig, lr_at
 
-__all__ = ["epoch_steps", "end_epoch", "finish", "train", "run_steps", "public_recipe"]
+__all__ = ["Diverged", "epoch_steps", "end_epoch", "finish", "train", "run_steps", "public_recipe"]
 
 _T = TypeVar("_T")
 
 
 class _Stop(Exception):
     pass
+
+
+class Diverged(RuntimeError):
+    """The run's loss or weights became NaN or infinite: it stops, and no checkpoint is written."""
+
+
+#: Iterations between checks that the running loss is finite (each check waits for the device).
+FINITE_EVERY = 10
+
+
+def _check_loss(loss_sum: torch.Tensor, iteration: int, lr: float) -> None:
+    if not torch.isfinite(loss_sum):
+        raise Diverged(f"training diverged: the loss became {float(loss_sum)} by iteration {iteration} (learning "
+                       f"rate {lr:g}); try a lower --lr")
+
+
+def check_weights(run: Run, when: str) -> None:
+    """:class:`Diverged` if any weight or batch-norm statistic of the run's model is NaN or infinite."""
+    for name, value in run.model.state_dict().items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise Diverged(f"training diverged: {name} holds NaN or infinite values {when}; try a lower --lr "
+                           "or --weight-decay")
 
 
 def _drain(steps: Generator[None, None, _T]) -> _T:
@@ -99,6 +121,8 @@ def epoch_steps(run: Run, stop_requested: Callable[[], bool]) -> Generator[None,
         seen += len(labels)
         loss_sum += loss.detach() * len(labels)
         correct_sum += (logits.detach().argmax(1) == labels).sum()
+        if run.iteration % FINITE_EVERY == 0:
+            _check_loss(loss_sum, run.iteration, lr)
         if bar is not None:
             bar.update(1)
             if run.iteration % 10 == 0:
@@ -120,6 +144,7 @@ def epoch_steps(run: Run, stop_requested: Callable[[], bool]) -> Generator[None,
             break
     if bar is not None:
         bar.close()
+    _check_loss(loss_sum, run.iteration, lr_at(config, max(run.iteration - 1, 0), run.total))
     elapsed = before + time.perf_counter() - t0
     run.epoch_totals = None  # the epoch ends here (or the run stops mid-epoch above, with its totals saved)
     if runtime.world_size > 1:
@@ -134,6 +159,7 @@ def epoch_steps(run: Run, stop_requested: Callable[[], bool]) -> Generator[None,
 def end_epoch(run: Run, stats: dict[str, Any], callbacks: Sequence[EpochCallback] = ()) -> dict[str, Any]:
     """Evaluate the epoch on the test split, append its metrics line, save the resume state, run the callbacks."""
     config, runtime = run.config, run.runtime
+    check_weights(run, f"after epoch {stats['epoch']}")
     test = evaluate_model(run.model, run.test_data, run.normalizer, runtime, config.eval_batch_size,
                           config.channels_last, config.bf16, len(run.train_data.classes), forward=run.graph_eval)
     seen, elapsed = stats["seen"], stats["elapsed"]
@@ -188,6 +214,7 @@ def finish(run: Run, metrics: dict[str, Any]) -> dict[str, Any]:
         if run.base_meta is not None:
             meta["init_from"] = {"checkpoint": Path(config.init_from).name, "model": run.base_meta.get("model"),  # type: ignore[arg-type]
                                  "dataset": run.base_meta.get("dataset"), "train_only": config.train_only}
+        check_weights(run, "at the end of the run")  # a checkpoint of NaNs is never written
         target = Path(config.checkpoint) if config.checkpoint else run.out / "model.safetensors"
         target.parent.mkdir(parents=True, exist_ok=True)
         save_checkpoint(target, run.model, meta)

@@ -3,6 +3,7 @@ the output H = (1 + M)·T (ARL) or M·T (NAL) of one module, each with its color
 
     python scripts/figure1.py PHOTO [--checkpoint C] [--out figure1.png] [--module last] [--contrast stretch]
     python scripts/figure1.py --gallery china --out docs/figure1.png     # the README's figure
+    python scripts/figure1.py --gallery china --parts --out docs/figure1-parts.png   # the mask's parts instead
 
 ``--gallery WORD`` takes the explorer's first gallery photo whose label starts with WORD (photos that ship inside
 installed packages: scikit-learn's ``china.jpg`` for the README, scikit-image's samples, matplotlib's Grace Hopper).
@@ -11,13 +12,20 @@ The checkpoint defaults to the photo model in ``checkpoints/`` (a model trained 
 photo goes through the checkpoint's own preprocessing (``resattn.preprocess``: resize, centre crop, normalise), so
 the maps are what the network computes for the input shown in the first column. Every map is the mean over
 channels (written on the figure); T and H are signed and drawn symmetric around 0.
+
+With ``--parts`` each stage's row shows instead the soft mask's largest parts (:func:`resattn.parts.mask_parts`:
+a non-negative factorisation of the C×H×W mask into spatial parts, k chosen automatically unless ``--k``), each over
+the photo with its share of the parts' energy and a colorbar, and the row states how much of the mask's spatial
+variation the parts explain. The figure's titles and labels are also written into the PNG's ``Description``.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,35 +59,75 @@ def gallery_photo(word: str) -> tuple[bytes, str]:
     raise SystemExit(f"no gallery photo starts with {word!r}; gallery photos: {offered}")
 
 
-def figure(photo: bytes, photo_name: str, checkpoint: Path, out: Path, size: tuple[int, int] = (1600, 1300),
-           module: str = "last", contrast: str = "stretch") -> Path:
-    """Write the figure to ``out`` (PNG of exactly ``size`` pixels) and return the path."""
+@dataclass
+class Seen:
+    """One photo through one checkpoint: the input picture, every module's record and the prediction."""
+
+    meta: dict[str, Any]
+    prep: Preprocessing
+    picture: np.ndarray  # H×W×3 uint8, the input the network saw
+    trace: Any  # resattn.inspect's trace
+    stages: list[int]
+    title: str  # model, checkpoint, photo and prediction
+
+    def record(self, stage: int, module: str) -> Any:
+        """Stage ``stage``'s last module (``module="last"``) or its ``module``-th (1-based, clamped)."""
+        records = [r for r in self.trace.modules if r.stage == stage]
+        return records[-1] if module == "last" else records[min(int(module), len(records)) - 1]
+
+
+def see(photo: bytes, photo_name: str, checkpoint: Path) -> Seen:
+    """Run ``photo`` through ``checkpoint`` with the checkpoint's own preprocessing."""
+    model, meta = resattn.load_checkpoint(checkpoint)
+    prep = Preprocessing.from_meta(meta)
+    x = prep(images.load_image(photo, photo_name))
+    trace = resattn.inspect(model, x)
+    probs = torch.softmax(trace.logits, dim=1)[0]
+    top = int(probs.argmax())
+    classes = meta.get("classes") or []
+    stages = sorted({r.stage for r in trace.modules})
+    if not stages:
+        raise SystemExit(f"{checkpoint.name} has no attention modules")
+    picture = (prep.denormalize(x)[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+    name = classes[top] if top < len(classes) else f"class {top}"
+    title = (f"{meta.get('model')} ({Path(checkpoint).stem}): {photo_name}, predicted {name} "
+             f"(p = {float(probs[top]):.2f})")
+    return Seen(meta, prep, picture, trace, stages, title)
+
+
+def _pyplot():  # noqa: ANN202 - matplotlib.pyplot on the Agg backend
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    model, meta = resattn.load_checkpoint(checkpoint)
-    prep = Preprocessing.from_meta(meta)
-    image = images.load_image(photo, photo_name)
-    x = prep(image)
-    trace = resattn.inspect(model, x)
-    probs = torch.softmax(trace.logits, dim=1)[0]
-    top = int(probs.argmax())
-    classes = meta.get("classes") or []
+    return plt
+
+
+def _save(fig: Any, out: Path, dpi: int) -> None:
+    """Save ``fig`` as a PNG whose ``Description`` holds the figure's titles and labels, then close it."""
+    texts = [fig.get_suptitle()] if fig.get_suptitle() else []
+    for ax in fig.axes:
+        texts += [t for t in (ax.get_title(), ax.get_ylabel()) if t and t not in texts]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi, metadata={"Description": "\n".join(texts)})
+    _pyplot().close(fig)
+
+
+def figure(photo: bytes, photo_name: str, checkpoint: Path, out: Path, size: tuple[int, int] = (1600, 1300),
+           module: str = "last", contrast: str = "stretch") -> Path:
+    """Write the figure to ``out`` (PNG of exactly ``size`` pixels) and return the path."""
+    plt = _pyplot()
+    seen = see(photo, photo_name, checkpoint)
+    meta, prep, picture, stages = seen.meta, seen.prep, seen.picture, seen.stages
     learning = meta.get("overrides", {}).get("learning", "arl")
     mask_quantity = "channel_mask" if meta.get("overrides", {}).get("attention") == "channel" else "mask"
-    stages = sorted({r.stage for r in trace.modules})
-    if not stages:
-        raise SystemExit(f"{checkpoint.name} has no attention modules")
-    picture = (prep.denormalize(x)[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
 
     dpi = 100
     fig, axes = plt.subplots(len(stages), 4, figsize=(size[0] / dpi, size[1] / dpi), dpi=dpi, squeeze=False)
     output_name = "(1 + M)·T" if learning == "arl" else "M·T"
     for row, stage in enumerate(stages):
-        records = [r for r in trace.modules if r.stage == stage]
-        record = records[-1] if module == "last" else records[min(int(module), len(records)) - 1]
+        record = seen.record(stage, module)
         ax = axes[row, 0]
         ax.imshow(picture)
         ax.set_title(f"input {prep.size}×{prep.size}" if row == 0 else "", fontsize=10)
@@ -102,15 +150,67 @@ def figure(photo: bytes, photo_name: str, checkpoint: Path, out: Path, size: tup
             bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.03)
             bar.ax.tick_params(labelsize=8)
             bar.set_label("stretched: 1st–99th pct." if scale.stretched else "fixed scale", fontsize=8)
-    name = classes[top] if top < len(classes) else f"class {top}"
-    fig.suptitle(f"{meta.get('model')} ({Path(checkpoint).stem}): {photo_name}, "
-                 f"predicted {name} (p = {float(probs[top]):.2f})",
-                 fontsize=12)
+    fig.suptitle(seen.title, fontsize=12)
     fig.tight_layout(rect=(0, 0, 1, 0.96))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi)
-    plt.close(fig)
+    _save(fig, out, dpi)
     return out
+
+
+def parts_figure(photo: bytes, photo_name: str, checkpoint: Path, out: Path, size: tuple[int, int] = (1600, 1300),
+                 module: str = "last", k: int | None = None, top: int = 4) -> tuple[Path, list[str]]:
+    """Per stage, the photo and the soft mask's ``top`` largest parts over it (``k`` parts, None: automatic),
+    each with its energy share and a colorbar; write a PNG of exactly ``size`` pixels to ``out``. Returns the
+    path and one line per stage saying how much of the mask's spatial variation the parts explain."""
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    from resattn.parts import PART_CMAP, mask_parts
+
+    plt = _pyplot()
+    seen = see(photo, photo_name, checkpoint)
+    attention = seen.meta.get("overrides", {}).get("attention")
+    records = [seen.record(stage, module) for stage in seen.stages]
+    found = [mask_parts(r.mask[0], k, attention=attention) for r in records]
+    columns = 1 + max(1, min(top, max(p.k for p in found)))
+    dpi = 100
+    fig, axes = plt.subplots(len(records), columns, figsize=(size[0] / dpi, size[1] / dpi), dpi=dpi, squeeze=False)
+    side = seen.picture.shape[0]
+    bar = ScalarMappable(Normalize(0, 1), colormaps[PART_CMAP])
+    lines = []
+    for row, (record, parts) in enumerate(zip(records, found)):
+        c, h, w = record.mask.shape[1:]
+        shown = min(top, parts.k)
+        stated = ("no spatial variation: no parts" if parts.flat else
+                  f"{parts.k} parts explain {parts.explained:.0%}" + (f"; top {shown} shown" if shown < parts.k else ""))
+        lines.append(f"stage {record.stage}, module {record.index} ({c}×{h}×{w}): {stated} of the mask's spatial "
+                     "variation" + (f" (factorised as {parts.transform})" if parts.transform != "none" else ""))
+        ax = axes[row, 0]
+        ax.imshow(seen.picture)
+        ax.set_title(f"input {seen.prep.size}×{seen.prep.size}" if row == 0 else "", fontsize=10)
+        ax.set_ylabel(f"stage {record.stage}, module {record.index}, mask {c}×{h}×{w}\n{stated}\nof its spatial "
+                      "variation", fontsize=9)
+        for column in range(1, columns):
+            ax = axes[row, column]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            j = column - 1
+            if j >= shown:
+                ax.axis("off")
+                continue
+            heat = maps.colorize(maps.upsample(parts.maps[j], (side, side)), 0.0, 1.0, PART_CMAP)
+            ax.imshow(maps.overlay(seen.picture, heat, alpha=0.65))
+            ax.set_title(f"part {j + 1}: {parts.energy[j]:.0%} of the parts' energy", fontsize=10)
+            colorbar = fig.colorbar(bar, ax=ax, fraction=0.046, pad=0.03)
+            colorbar.ax.tick_params(labelsize=8)
+            colorbar.set_label("part weight (0 to its max)", fontsize=8)
+        axes[row, 0].set_xticks([])
+        axes[row, 0].set_yticks([])
+    fig.suptitle(f"{seen.title}\nthe soft mask's parts: non-negative factorisation of M (C×H×W) above each "
+                 "channel's minimum; each part over the input", fontsize=12)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    _save(fig, out, dpi)
+    return out, lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,14 +220,18 @@ def main(argv: list[str] | None = None) -> int:
                    help="instead of PHOTO: the first gallery photo whose label starts with WORD")
     p.add_argument("--checkpoint", type=Path, help="a resattn checkpoint (default: the photo model in checkpoints/)")
     p.add_argument("--out", type=Path, default=Path("figure1.png"), help="output PNG")
-    p.add_argument("--size", default="1600x1300", help="output size in pixels, WIDTHxHEIGHT")
+    p.add_argument("--size", help="output size in pixels, WIDTHxHEIGHT (default 1600x1300, with --parts 1600x1150)")
     p.add_argument("--module", default="last", help="which module of each stage: 'last' or a 1-based index")
     p.add_argument("--contrast", choices=maps.CONTRASTS, default="stretch",
                    help="each map on its natural fixed scale, or stretched to its 1st–99th percentile")
+    p.add_argument("--parts", action="store_true",
+                   help="per stage, the soft mask's largest parts over the photo instead of the channel means")
+    p.add_argument("--k", type=int, help="with --parts: the number of parts (default: chosen per stage)")
+    p.add_argument("--top", type=int, default=4, help="with --parts: how many parts to draw per stage")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    width, _, height = args.size.partition("x")
+    width, _, height = (args.size or ("1600x1150" if args.parts else "1600x1300")).partition("x")
     if (args.photo is None) == (args.gallery is None):
         p.error("give either PHOTO or --gallery WORD")
     try:
@@ -137,8 +241,12 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"{args.photo}: no such image file")
         else:
             data, name = args.photo.read_bytes(), args.photo.name
-        out = figure(data, name, args.checkpoint or default_checkpoint(), args.out, (int(width), int(height)),
-                     args.module, args.contrast)
+        checkpoint, size = args.checkpoint or default_checkpoint(), (int(width), int(height))
+        if args.parts:
+            out, lines = parts_figure(data, name, checkpoint, args.out, size, args.module, args.k, args.top)
+            print("\n".join(lines))
+        else:
+            out = figure(data, name, checkpoint, args.out, size, args.module, args.contrast)
     except (images.ImageError, ValueError) as exc:  # CheckpointError is a ValueError, as is metadata without stats
         raise SystemExit(f"cannot make the figure: {exc}") from None
     print(out)

@@ -64,3 +64,35 @@ def test_figure_script_takes_a_gallery_photo_by_its_label(tmp_path):
     both = subprocess.run([sys.executable, "scripts/figure1.py", str(out), "--gallery", "grace"], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert both.returncode != 0 and "either PHOTO or --gallery" in both.stderr
+
+
+def test_parts_figure_draws_each_stages_parts_and_states_what_they_explain(tmp_path):
+    """``--parts``: a PNG of the stated size whose rows state, per stage, the k and explained fraction that
+    ``resattn.parts.mask_parts`` gives for that stage's mask of the same photo, with one panel per drawn part."""
+    from resattn.parts import mask_parts
+    from resattn.preprocess import Preprocessing
+
+    checkpoint = ROOT / "checkpoints" / "attention56_cifar_mixed_arl.safetensors"
+    photo = tmp_path / "photo.png"
+    y, x = np.mgrid[:48, :64]
+    Image.fromarray(np.stack([x * 4, y * 5, (x + y) * 2], axis=-1).astype(np.uint8)).save(photo)
+    out = tmp_path / "parts.png"
+    proc = subprocess.run([sys.executable, "scripts/figure1.py", str(photo), "--checkpoint", str(checkpoint),
+                           "--parts", "--top", "3", "--out", str(out), "--size", "1000x760"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    model, meta = resattn.load_checkpoint(checkpoint)
+    trace = resattn.inspect(model, Preprocessing.from_meta(meta)(Image.open(photo)))
+    expected = [mask_parts(r.mask[0], attention="mixed") for r in trace.modules]  # one module per stage
+    assert len(expected) == 3 and all(p.k >= 2 for p in expected)
+    with Image.open(out) as picture:
+        assert picture.size == (1000, 760)
+        assert len(np.unique(np.asarray(picture.convert("L")))) > 50
+        described = picture.text["Description"]
+    for stage, parts in enumerate(expected, start=1):
+        stated = f"{parts.k} parts explain {parts.explained:.0%}"
+        assert stated in described and stated in proc.stdout.splitlines()[stage - 1]
+        assert f"stage {stage}, module 1" in described
+    drawn = [line for line in described.splitlines() if line.startswith("part ") and "energy" in line]
+    assert len(drawn) == sum(min(3, p.k) for p in expected)  # --top 3: at most three parts a stage
+    assert f"part 1: {expected[0].energy[0]:.0%} of the parts' energy" in drawn

@@ -28,7 +28,8 @@ def server(tmp_path):
     jobs_dir = tmp_path / "jobs"
     env = {"RESATTN_APP_MODELS": "none", "RESATTN_CHECKPOINT_DIR": str(tmp_path / "checkpoints"),
            "RESATTN_JOBS_DIR": str(jobs_dir), "RESATTN_DATASETS": f"tiny={data}",
-           "RESATTN_DATA_CACHE": str(tmp_path / "cache"), "RESATTN_JOBS_PASSPHRASE": "", "RESATTN_GALLERY_DATA": ""}
+           "RESATTN_DATA_CACHE": str(tmp_path / "cache"), "RESATTN_JOBS_PASSPHRASE": "", "RESATTN_GALLERY_DATA": "",
+           "RESATTN_JOBS_MAX_EPOCHS": "100"}  # the test watches a 40-epoch job move, then it is stopped
     try:
         with streamlit_server(tmp_path / "streamlit.log", env) as url:
             yield url

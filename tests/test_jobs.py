@@ -82,8 +82,12 @@ def root(tmp_path):
     stop_all(folder)
 
 
+#: A server's limits that let LONG run: the tests of the limits themselves are in test_jobs_limits.py.
+ROOMY = jobs.JobLimits(max_epochs=1000, max_queued=10)
+
+
 def manager_for(root: Path, max_running: int = 1) -> JobManager:
-    return JobManager(root, max_running=max_running, cache_dir=root.parent / "cache")
+    return JobManager(root, max_running=max_running, cache_dir=root.parent / "cache", job_limits=ROOMY)
 
 
 def tiny(dataset, *extra: str) -> list[str]:
@@ -444,14 +448,18 @@ def test_passphrase_is_compared_in_constant_time(monkeypatch):
 def test_owner_passphrase_and_queue_cap_rules(root, dataset):
     m = manager_for(root, max_running=0)
     refuse = jobs.submit_refusal
-    assert "needs the passphrase" in refuse(m, "s1", passphrase_set=True, unlocked=False, max_queued=2)
-    assert refuse(m, "s1", passphrase_set=True, unlocked=True, max_queued=2) is None
+    two = jobs.JobLimits(max_queued=2, max_queued_total=3)
+    assert "needs the passphrase" in refuse(m, "s1", passphrase_set=True, unlocked=False, limits=two)
+    assert refuse(m, "s1", passphrase_set=True, unlocked=True, limits=two) is None
     mine = m.submit(tiny(dataset), owner="s1")
+    assert refuse(m, "s1", passphrase_set=False, unlocked=False, limits=two) is None  # one held, a second fits
     m.submit(tiny(dataset), owner="s1")
-    assert "limit is 2 per session" in refuse(m, "s1", passphrase_set=False, unlocked=False, max_queued=2)
-    assert refuse(m, "s2", passphrase_set=False, unlocked=False, max_queued=2) is None  # a cap per session
-    m.submit(tiny(dataset), owner="s2")
-    assert "limit is 2" in refuse(m, "s2", passphrase_set=False, unlocked=False, max_queued=2, count=2)  # a pair
+    assert "limit is 2 per browser" in refuse(m, "s1", passphrase_set=False, unlocked=False, limits=two)
+    assert refuse(m, "s2", passphrase_set=False, unlocked=False, limits=two) is None  # a cap per browser
+    assert "limit is 2" in refuse(m, "s2", passphrase_set=False, unlocked=False, limits=two, count=3)  # a pair+1
+    m.submit(tiny(dataset), owner="s2")  # three queued: exactly the server's limit
+    assert "queue is full: 3 job(s) are waiting and the limit is 3" in refuse(
+        m, "s3", passphrase_set=False, unlocked=False, limits=two)
     # cancelling: without a passphrase, only your own jobs; with one, its holders may cancel any job
     cancel = jobs.cancel_refusal
     assert cancel(mine, "s1", passphrase_set=False, unlocked=False) is None
@@ -460,7 +468,8 @@ def test_owner_passphrase_and_queue_cap_rules(root, dataset):
     assert cancel(mine, "s2", passphrase_set=True, unlocked=True) is None
     ended = m.cancel(mine.id)
     assert ended.state == "cancelled" and "already ended" in cancel(ended, "s1", passphrase_set=False, unlocked=False)
-    assert m.queued_count("s1") == 1
+    assert m.queued_count("s1") == 1 and m.active_count("s1") == 1 and m.queued_count() == 2
+    assert refuse(m, "s3", passphrase_set=False, unlocked=False, limits=two) is None  # a place freed
 
 
 # ---------------------------------------------------------------------------------------------- command line

@@ -114,7 +114,7 @@ except (OSError, sqlite3.Error) as exc:
     st.error(f"The jobs folder {root} cannot be used ({exc}); set {jobs.ENV_DIR} to a writable folder.")
     st.stop()
 required = passphrase()
-max_queued = jobs._env_int(jobs.ENV_MAX_QUEUED, 3)
+limits = jobs.JobLimits.from_env()
 unlocked = not required or st.session_state.get("jobs_unlocked", False)
 
 if required and not unlocked:
@@ -156,7 +156,8 @@ else:
             options = []
         classes = right.multiselect("Classes (none chosen: all)", options, key="train_classes")
     c1, c2, c3 = st.columns(3)
-    epochs = c1.number_input("Epochs", 0.1, 200.0, 1.0, 0.5, key="train_epochs")
+    epochs = c1.number_input("Epochs", 0.1, float(limits.max_epochs), 1.0, 0.5, key="train_epochs",
+                             help=f"At most {limits.max_epochs:g} on this server ({jobs.ENV_MAX_EPOCHS}).")
     lr = c2.number_input("Peak learning rate", 0.0001, 1.0, 0.05, 0.01, format="%.4f", key="train_lr",
                          help="The fast recipe's one-cycle schedule: warm-up to this rate, then cosine to zero.")
     noise = c3.slider("Label noise", 0.0, 0.9, 0.0, 0.1, key="train_noise",
@@ -165,9 +166,11 @@ else:
     with st.expander("Budget"):
         b1, b2, b3, b4 = st.columns(4)
         batch = b1.number_input("Batch size", 2, 1024, 128, key="train_batch")
-        train_limit = b2.number_input("Training images (0: all)", 0, 10_000_000, 5000, 500, key="train_limit")
-        test_limit = b3.number_input("Test images (0: all)", 0, 10_000_000, 1000, 500, key="train_test_limit",
-                                     help="Evaluated after every epoch.")
+        most = limits.max_images
+        train_limit = b2.number_input(f"Training images (0: all, up to {most:,})", 0, most, min(5000, most), 500,
+                                      key="train_limit")
+        test_limit = b3.number_input(f"Test images (0: all, up to {most:,})", 0, most, min(1000, most), 500,
+                                     key="train_test_limit", help="Evaluated after every epoch.")
         probe = b4.number_input("Probe images", 1, 16, 4, key="train_probe",
                                 help="Fixed test images whose masks are saved after every epoch.")
     try:
@@ -181,7 +184,7 @@ else:
                "ARL vs NAL pair: no checkpoint matches this one with the other attention learning.")
     if st.button("Start job" + ("s" if pair else ""), type="primary", key="train_start", disabled=not unlocked):
         refusal = jobs.submit_refusal(m, owner(), passphrase_set=bool(required), unlocked=bool(unlocked),
-                                      max_queued=max_queued, count=2 if pair else 1)
+                                      limits=limits, count=2 if pair else 1)
         if source == UPLOAD and upload is None:
             refusal = refusal or "Choose a zip to upload first."
         if refusal:

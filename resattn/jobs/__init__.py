@@ -16,7 +16,9 @@ torch; ``resattn.train``, ``.checkpoint`` and ``.archive`` are imported lazily, 
 * :mod:`.store` — the SQLite schema and queries (:class:`JobStore`), the :class:`Job` and :class:`Progress` records;
 * :mod:`.logs` — a job's log and ``metrics.jsonl``, and its progress from them;
 * :mod:`.options` — trainer options: presets, checks, the ARL/NAL pair, labels, the trainer's command and env;
+* :mod:`.limits` — what one job may cost on this server (epochs, images, minutes, threads, queue places);
 * :mod:`.supervisor` — one job's supervisor process, and how it is started;
+* :mod:`.uploads` — an uploaded zip's way into a job (staged, checked in a child process), stale staging removed;
 * :mod:`.manager` — :class:`JobManager`: submit, list, cancel, and reconcile the records with the processes;
 * :mod:`.access` — who may submit and cancel (passphrase, per-session queue cap);
 * :mod:`.cli` — the command line (``__main__`` runs it).
@@ -48,7 +50,15 @@ from .config import (
     jobs_dir,
 )
 from .config import _env_int as _env_int
-from .logs import clean_log, job_log, read_metrics
+from .limits import (
+    ENV_MAX_EPOCHS,
+    ENV_MAX_IMAGES,
+    ENV_MAX_MINUTES,
+    ENV_MAX_QUEUED_TOTAL,
+    JobLimits,
+    within_limits,
+)
+from .logs import clean_log, failure_cause, job_log, read_metrics
 from .manager import JobManager
 from .options import (
     MANAGED_OPTIONS,
@@ -69,7 +79,8 @@ from .store import Job, JobStore, Progress, succeeded_checkpoints
 
 __all__ = [
     "ACTIVE", "CANCEL_GRACE_S", "CPU_NICENESS", "DB_NAME", "ENV_DATASETS", "ENV_DATA_CACHE", "ENV_DIR",
-    "ENV_MAX_QUEUED", "ENV_MAX_RUNNING", "ENV_PASSPHRASE", "HERE", "LOG_NAME", "MANAGED_OPTIONS", "PATH_OPTIONS",
+    "ENV_MAX_EPOCHS", "ENV_MAX_IMAGES", "ENV_MAX_MINUTES", "ENV_MAX_QUEUED", "ENV_MAX_QUEUED_TOTAL", "ENV_MAX_RUNNING",
+    "JobLimits", "failure_cause", "within_limits", "ENV_PASSPHRASE", "HERE", "LOG_NAME", "MANAGED_OPTIONS", "PATH_OPTIONS",
     "STATES", "Job", "JobError", "JobManager", "JobStore", "Progress", "build_parser", "cancel_refusal",
     "clean_log", "configured_datasets", "counterpart", "cpu_threads", "describe_options", "detect_device",
     "fine_tune_options", "job_log", "jobs_dir", "main", "passphrase_matches", "process_alive", "process_start",

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import (
+    ACTIVE,
     ENV_DATA_CACHE,
     ENV_MAX_RUNNING,
     JobError,
@@ -33,6 +34,7 @@ from .config import (
     detect_device,
     jobs_dir,
 )
+from .limits import JobLimits, within_limits
 from .logs import log_tail, read_metrics, read_progress
 from .options import _option, describe_options, pair_options, prepare_options
 from .process import _kill_tree, _reap_children, _signal_group, process_alive
@@ -52,12 +54,14 @@ class JobManager:
         reconcile: bool = True,
         cache_dir: str | os.PathLike[str] | None = None,
         limits: Any = None,
+        job_limits: JobLimits | None = None,
     ) -> None:
         self.root = jobs_dir(root)
         self.max_running = _env_int(ENV_MAX_RUNNING, 1) if max_running is None else max_running
         default_cache = os.environ.get(ENV_DATA_CACHE) or Path.home() / ".cache" / "resattn" / "data"
         self.cache_dir = Path(cache_dir or default_cache).expanduser()
         self.limits = limits  # resattn.archive.Limits for uploads (None: its defaults)
+        self.job_limits = job_limits or JobLimits.from_env()  # what one job may cost (epochs, images, time)
         self._final: dict[tuple[int, float], Progress] = {}  # progress of ended jobs never changes
         self.store = JobStore(self.root)
         if reconcile:
@@ -101,9 +105,13 @@ class JobManager:
         """The probe-mask files ``snapshots/epoch_NNN.npz`` (epoch 0: the base checkpoint's masks)."""
         return sorted((job.folder / "snapshots").glob("epoch_[0-9][0-9][0-9].npz"))
 
-    def queued_count(self, owner: str) -> int:
-        """How many of session ``owner``'s jobs are queued (for the per-session cap)."""
+    def queued_count(self, owner: str | None = None) -> int:
+        """How many jobs are queued (of ``owner``'s, when given)."""
         return self.store.count_queued(owner)
+
+    def active_count(self, owner: str) -> int:
+        """How many of ``owner``'s jobs are queued or running (for the per-browser cap)."""
+        return self.store.count(ACTIVE, owner)
 
     # -- submitting
 
@@ -156,7 +164,7 @@ class JobManager:
         """Check, record and queue jobs of the same request (one, or an ARL/NAL pair sharing one upload)."""
         if upload is not None and any(_option(v, "--data") for v in variants):
             raise JobError("give either --data or an uploaded zip, not both")
-        variants = [prepare_options(v) for v in variants]
+        variants = [within_limits(prepare_options(v), self.job_limits) for v in variants]
         upload_name = Path(upload).name if upload else None
         staging = stage_upload(self.root, upload, self.limits) if upload is not None else None
         try:
@@ -167,7 +175,8 @@ class JobManager:
                     threads = int(_option(options, "--threads") or cpu_threads()) if dev == "cpu" else None
                     label = labels[i] or describe_options(options, upload_name)
                     job_id, folder = self.store.insert(conn, label=label, owner=owner, group=group, device=dev,
-                                                       nproc=nproc, threads=threads)
+                                                       nproc=nproc, threads=threads,
+                                                       max_seconds=self.job_limits.max_seconds)
                     if staging is not None:
                         if i == 0:
                             os.replace(staging / "data", folder / "data")

@@ -41,9 +41,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     trainer_start INTEGER,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     returncode INTEGER,
-    error TEXT
+    error TEXT,
+    max_seconds REAL
 );
 """
+#: Columns added since the first schema, with their types: added to an older database when it is opened.
+_ADDED = {"max_seconds": "REAL"}
 
 
 @dataclass
@@ -83,6 +86,7 @@ class Job:
     cancel_requested: bool = False
     returncode: int | None = None
     error: str | None = None
+    max_seconds: float | None = None  # wall time the job may run (its supervisor stops it then)
 
     @property
     def active(self) -> bool:
@@ -125,7 +129,7 @@ class Job:
 
 _COLUMNS = ("id", "state", "label", "options", "owner", "grp", "device", "nproc", "threads", "folder", "created",
             "started", "ended", "pid", "pid_start", "trainer_pid", "trainer_start", "cancel_requested", "returncode",
-            "error")
+            "error", "max_seconds")
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM jobs"
 
 
@@ -149,6 +153,10 @@ class JobStore:
         try:
             conn.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
             conn.executescript(_SCHEMA)
+            have = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+            for name, kind in _ADDED.items():
+                if name not in have:
+                    conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
         finally:
             conn.close()
 
@@ -204,25 +212,30 @@ class JobStore:
             raise JobError(f"there is no job {job_id} in {self.root}")
         return found[0]
 
-    def count_queued(self, owner: str | None = None) -> int:
-        """How many jobs are queued (of session ``owner`` only, when given)."""
+    def count(self, states: Sequence[str] = ("queued",), owner: str | None = None) -> int:
+        """How many jobs are in one of ``states`` (of owner ``owner`` only, when given)."""
+        marks = ", ".join("?" * len(states))
+        where, args = f"state IN ({marks})", list(states)
+        if owner is not None:
+            where, args = where + " AND owner = ?", args + [owner]
         conn = self.connect()
         try:
-            if owner is None:
-                return conn.execute("SELECT COUNT(*) FROM jobs WHERE state = 'queued'").fetchone()[0]
-            query = "SELECT COUNT(*) FROM jobs WHERE owner = ? AND state = 'queued'"
-            return conn.execute(query, (owner,)).fetchone()[0]
+            return conn.execute(f"SELECT COUNT(*) FROM jobs WHERE {where}", args).fetchone()[0]
         finally:
             conn.close()
 
+    def count_queued(self, owner: str | None = None) -> int:
+        """How many jobs are queued (of owner ``owner`` only, when given)."""
+        return self.count(("queued",), owner)
+
     def insert(self, conn: sqlite3.Connection, *, label: str, owner: str | None, group: str | None, device: str,
-               nproc: int, threads: int | None) -> tuple[int, Path]:
+               nproc: int, threads: int | None, max_seconds: float | None = None) -> tuple[int, Path]:
         """Add a queued job's row and make its empty folder ``job_NNNNN``; returns (id, folder). Its options
         are recorded by :meth:`record` once they are final (they may name files in the folder)."""
         cur = conn.execute(
-            "INSERT INTO jobs (state, label, options, owner, grp, device, nproc, threads, folder, created) "
-            "VALUES ('queued', ?, '[]', ?, ?, ?, ?, ?, '', ?)",
-            (label, owner, group, device, nproc, threads, time.time()),
+            "INSERT INTO jobs (state, label, options, owner, grp, device, nproc, threads, folder, created, "
+            "max_seconds) VALUES ('queued', ?, '[]', ?, ?, ?, ?, ?, '', ?, ?)",
+            (label, owner, group, device, nproc, threads, time.time(), max_seconds),
         )
         job_id = int(cur.lastrowid)  # type: ignore[arg-type]
         folder = self.root / f"job_{job_id:05d}"

@@ -112,10 +112,15 @@ def _run_trainer(store: JobStore, job: Job) -> tuple[str, int | None, str | None
     with store.transaction() as conn:
         store.update(conn, job.id, trainer_pid=proc.pid, trainer_start=start)
 
+    began = time.monotonic()
+
+    def over_time() -> bool:
+        return job.max_seconds is not None and time.monotonic() - began > job.max_seconds
+
     def cancelled() -> bool:
         return stop["term"] or store.get(job.id).cancel_requested
 
-    tree = _watch(proc, start, cancelled)
+    tree = _watch(proc, start, lambda: over_time() or cancelled())
     # the trainer has exited but is not reaped, so its pid (and group id) cannot be reused yet: clear the group
     _signal_group(proc.pid, signal.SIGKILL)
     for child, child_start in tree:
@@ -127,6 +132,9 @@ def _run_trainer(store: JobStore, job: Job) -> tuple[str, int | None, str | None
         return "succeeded", rc, None
     if cancelled():
         return "cancelled", rc, None
+    if over_time():
+        return "failed", rc, (f"the job ran past this server's limit of {job.max_seconds / 60:g} minutes per job "
+                              "and was stopped (RESATTN_JOBS_MAX_MINUTES)")
     if rc == 0:
         reason = ("the trainer stopped without writing a checkpoint (was it sent SIGTERM from outside the job "
                   "system?)")

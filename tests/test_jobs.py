@@ -33,8 +33,27 @@ TINY = ["--model", "attention56_cifar", "--width-mult", "0.125", "--batch-size",
 LONG = ["--epochs", "500"]  # never finishes within a test: for cancel and kill
 
 
+def guards(root: Path) -> list[int]:
+    """Live guard processes of the jobs under ``root`` (their command line names it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            words = (entry / "cmdline").read_bytes().split(b"\0") if entry.name.isdigit() else []
+        except OSError:
+            continue
+        if b"_guard" in words and str(root).encode() in words:
+            found.append(int(entry.name))
+    return found
+
+
 def stop_all(root: Path) -> None:
-    """Stop every job under ``root``: no queued job may start later, no supervisor or trainer may outlive a test."""
+    """Stop every job under ``root``: no queued job may start later, no supervisor, guard or trainer may outlive a
+    test."""
+    for pid in guards(root):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     if not (root / jobs.DB_NAME).exists():
         return
     conn = sqlite3.connect(root / jobs.DB_NAME, timeout=30)
@@ -138,7 +157,7 @@ def test_lifecycle_queue_snapshots_and_a_new_manager(root, dataset):
     fresh = JobManager(root, max_running=1)
     assert [(j.id, j.state, j.checkpoint) for j in fresh.list()] == [
         (later.id, "succeeded", later.checkpoint), (done.id, "succeeded", done.checkpoint)]
-    assert [job.id for job, _ in jobs.succeeded_checkpoints(root)] == [later.id, done.id]
+    assert jobs.succeeded_checkpoints(root) == [(later.id, later.checkpoint), (done.id, done.checkpoint)]
     record = fresh.get(done.id).to_dict(fresh.progress(fresh.get(done.id)))
     assert record["progress"] == 1.0 and record["checkpoint"] == str(done.checkpoint) and record["error"] is None
 

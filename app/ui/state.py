@@ -373,8 +373,9 @@ def layer_shapes(model_key: str, _model: torch.nn.Module, _meta: dict) -> list[t
 
 def job_entries() -> list[ModelEntry]:
     """The checkpoints of succeeded fine-tuning jobs (``resattn.jobs``, in ``RESATTN_JOBS_DIR``), newest first,
-    labelled "job N": a finished job's model is in every page's picker on the next rerun, without a restart."""
+    labelled "job N": a finished job's model is in every page's picker on the next rerun, without a restart.
+    Read from the jobs' result files: a page that shows no jobs never opens (nor waits for) the jobs database."""
     from resattn import jobs
 
-    return [checkpoint_entry(path, f"job {job.id}", f"job {job.id}")
-            for job, path in jobs.succeeded_checkpoints(jobs.jobs_dir())]
+    return [checkpoint_entry(path, f"job {job_id}", f"job {job_id}")
+            for job_id, path in jobs.succeeded_checkpoints(jobs.jobs_dir())]

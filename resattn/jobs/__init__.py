@@ -17,8 +17,9 @@ torch; ``resattn.train``, ``.checkpoint`` and ``.archive`` are imported lazily, 
 * :mod:`.logs` — a job's log and ``metrics.jsonl``, and its progress from them;
 * :mod:`.options` — trainer options: presets, checks, the ARL/NAL pair, labels, the trainer's command and env;
 * :mod:`.limits` — what one job may cost on this server (epochs, images, minutes, threads, queue places);
-* :mod:`.supervisor` — one job's supervisor process, and how it is started;
+* :mod:`.supervisor` — one job's supervisor process and its guard, and how they are started;
 * :mod:`.uploads` — an uploaded zip's way into a job (staged, checked in a child process), stale staging removed;
+* :mod:`.schedule` — reconcile: record jobs whose supervisor is gone, start queued ones;
 * :mod:`.manager` — :class:`JobManager`: submit, list, cancel, and reconcile the records with the processes;
 * :mod:`.access` — who may submit and cancel (passphrase, per-session queue cap);
 * :mod:`.cli` — the command line (``__main__`` runs it).

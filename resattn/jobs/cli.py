@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import CANCEL_GRACE_S, ENV_DIR, ENV_MAX_RUNNING, JobError
+from .config import CANCEL_GRACE_S, DB_NAME, ENV_DIR, ENV_MAX_RUNNING, JobError, jobs_dir
 from .logs import clean_log, job_log
 from .manager import JobManager
 from .options import _option
@@ -54,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     logs = sub.add_parser("logs", help="a job's log")
     logs.add_argument("id", type=int)
     logs.add_argument("--lines", type=int, help="only the last N lines")
-    sup = sub.add_parser("_supervise")  # internal: one job's supervisor (see resattn.jobs.supervisor)
-    sup.add_argument("id", type=int)
+    for role in ("_supervise", "_guard"):  # internal: one job's supervisor and its guard (resattn.jobs.supervisor)
+        sub.add_parser(role).add_argument("id", type=int)
     return p
 
 
@@ -65,9 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     if rest and args.command != "submit":
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    if args.command == "_supervise":
+    if args.command in ("_supervise", "_guard"):
         manager = JobManager(args.dir, max_running=args.max_running, reconcile=False)
-        return manager.supervise(args.id)
+        return manager.supervise(args.id) if args.command == "_supervise" else manager.guard(args.id)
     try:
         manager = JobManager(args.dir, max_running=args.max_running)
         if args.command == "submit":
@@ -111,4 +112,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:  # resattn.archive.ArchiveError, a bad checkpoint
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except sqlite3.DatabaseError as exc:
+        print(f"error: {database_problem(jobs_dir(args.dir), exc)}", file=sys.stderr)
+        return 1
     return 0
+
+
+def database_problem(root: Path, exc: sqlite3.DatabaseError) -> str:
+    """What to tell a person about an error of the jobs database (the command line and the Train page)."""
+    path = root / DB_NAME
+    if "locked" in str(exc) or "busy" in str(exc):
+        return f"the jobs database {path} is locked by another process ({exc}); try again in a moment"
+    return (f"the jobs database {path} cannot be used ({exc}). Move it aside to start a new one: the job folders "
+            "are kept, and new jobs are numbered after them")

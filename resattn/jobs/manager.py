@@ -1,16 +1,11 @@
-"""The job manager: submit, list, watch and cancel jobs, and :meth:`JobManager.reconcile`, which keeps the
-records true to the processes and starts queued jobs.
+"""The job manager: submit, list, watch and cancel jobs; :meth:`JobManager.reconcile` (:mod:`.schedule`) keeps
+the records true to the processes and starts queued jobs. Cancel sets a flag and sends SIGTERM to the trainer's
+process group; the supervisor does the rest.
 
-Scheduling, without a server process: reconcile runs whenever a manager starts, lists jobs or submits, and
-each job's supervisor runs it when its job ends (:mod:`.supervisor`). A ``running`` job whose supervisor is
-gone (killed, out of memory, machine restart) is marked failed — a process is identified by its pid *and* its
-start time, so a reused pid is not taken for the job — and queued jobs are started while fewer than
-``max_running`` (``RESATTN_JOBS_MAX_RUNNING``, default 1) run. Cancel sets a flag and sends SIGTERM to the
-trainer's process group; the supervisor does the rest.
-
-Uploads: ``upload=ZIP`` is an untrusted zip checked and extracted by :mod:`resattn.archive` into the job's
-folder before the job is queued. Datasets are decoded once into ``RESATTN_DATA_CACHE`` (default
-``~/.cache/resattn/data``) and shared by every job.
+Uploads: ``upload=ZIP`` is an untrusted zip checked and extracted by :mod:`resattn.archive`, in a child process
+(:mod:`.uploads`), into the job's folder before the job is queued. Datasets are decoded once into
+``RESATTN_DATA_CACHE`` (default ``~/.cache/resattn/data``) and shared by every job. Every submission is held to
+the server's :class:`~resattn.jobs.limits.JobLimits`.
 """
 
 from __future__ import annotations
@@ -37,10 +32,11 @@ from .config import (
 from .limits import JobLimits, within_limits
 from .logs import log_tail, read_metrics, read_progress
 from .options import _option, describe_options, pair_options, prepare_options
-from .process import _kill_tree, _reap_children, _signal_group, process_alive
+from .process import _reap_children, _signal_group, process_alive
 from .store import Job, JobStore, Progress
-from .supervisor import launch, supervise
-from .uploads import clean_staging, stage_upload
+from .schedule import reconcile
+from .supervisor import guard, supervise
+from .uploads import stage_upload
 
 
 class JobManager:
@@ -195,42 +191,10 @@ class JobManager:
 
     # -- scheduling
 
-    def _dead(self, job: Job) -> bool:
-        """Whether a ``running`` job's supervisor is gone."""
-        return job.state == "running" and not process_alive(job.pid, job.pid_start)
-
     def reconcile(self) -> list[int]:
-        """Mark running jobs whose supervisor is gone as failed (cancelled if a cancel was asked for), stopping
-        an orphaned trainer; then start queued jobs while fewer than ``max_running`` run. Returns the ids of
-        the jobs it changed."""
-        _reap_children()
-        clean_staging(self.root)
-        # a cheap read first: most calls find nothing to do and take no write lock
-        running, queued = self.store.read("WHERE state = 'running'"), self.store.count_queued()
-        if not any(self._dead(j) for j in running) and not (queued and len(running) < self.max_running):
-            return []
-        changed = []
-        with self.store.transaction() as conn:
-            running = self.store.select(conn, "WHERE state = 'running'")
-            for job in running:
-                if not self._dead(job):
-                    continue
-                trainer_alive = process_alive(job.trainer_pid, job.trainer_start)
-                if trainer_alive:
-                    _kill_tree(job.trainer_pid, job.trainer_start, signal.SIGKILL)  # type: ignore[arg-type]
-                reason = (f"the job's supervisor (pid {job.pid}) is gone — killed, out of memory or the machine "
-                          "restarted" + ("; its orphaned trainer was stopped" if trainer_alive else ""))
-                tail = self.log_tail(job, 30)
-                state = "cancelled" if job.cancel_requested else "failed"
-                self.store.update(conn, job.id, state=state, ended=time.time(),
-                                  error=None if state == "cancelled" else reason + ("\n" + tail if tail else ""))
-                changed.append(job.id)
-            free = self.max_running - sum(not self._dead(j) for j in running)
-            if free > 0:
-                for job in self.store.select(conn, "WHERE state = 'queued' ORDER BY id LIMIT ?", (free,)):
-                    launch(self.store, conn, job, self.max_running)
-                    changed.append(job.id)
-        return changed
+        """Record running jobs whose supervisor is gone and start queued jobs while fewer than ``max_running``
+        run (:func:`resattn.jobs.schedule.reconcile`). Returns the ids of the jobs it changed."""
+        return reconcile(self.store, self.max_running)
 
     # -- cancelling and supervising
 
@@ -263,4 +227,9 @@ class JobManager:
     def supervise(self, job_id: int) -> int:
         """Be job ``job_id``'s supervisor (``_supervise ID``): run its trainer to its end, record the outcome,
         then start the next queued job (:func:`resattn.jobs.supervisor.supervise`)."""
-        return supervise(self.store, job_id, then=self.reconcile)
+        return supervise(self.store, job_id, then=self.reconcile, max_running=self.max_running)
+
+    def guard(self, job_id: int) -> int:
+        """Be the guard of job ``job_id``'s supervisor (``_guard ID``): reconcile as soon as the supervisor dies
+        without recording the outcome (:func:`resattn.jobs.supervisor.guard`)."""
+        return guard(self.store, job_id, then=self.reconcile)

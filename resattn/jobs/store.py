@@ -3,22 +3,43 @@ and each job's folder ``job_NNNNN/``, as :class:`Job` and :class:`Progress` valu
 
 Every call opens its own connection and every state change runs in a ``BEGIN IMMEDIATE`` transaction, so
 several threads and processes (the app, the command line, every job's supervisor) may use one store at once;
-the journal is in WAL mode, so readers never wait for the writer. Standard library only.
+the journal is in WAL mode, so readers never wait for the writer. A process that must not die of a lock held
+longer than the busy timeout (``RESATTN_JOBS_DB_TIMEOUT``, 30 s) — a supervisor — writes with
+:meth:`JobStore.retrying`, which waits it out.
+
+Job ids and folders are never reused: a new database (the old one deleted) numbers its jobs after the highest
+``job_NNNNN`` folder, so a trainer orphaned by the deletion can only ever write into its own folder. A succeeded
+job's folder also holds ``result.json``: :func:`succeeded_checkpoints` lists the trained models from these files,
+so the pages that only offer models never open the database (and never wait for its lock). Standard library only.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .config import ACTIVE, DB_NAME, LOG_NAME, JobError, jobs_dir
+
+_T = TypeVar("_T")
+ENV_DB_TIMEOUT = "RESATTN_JOBS_DB_TIMEOUT"
+RESULT_NAME = "result.json"
+_FOLDER = re.compile(r"job_(\d+)")
+
+
+def db_timeout() -> float:
+    """Seconds a connection waits for a lock before ``database is locked`` (``RESATTN_JOBS_DB_TIMEOUT``, 30)."""
+    try:
+        return max(0.0, float(os.environ.get(ENV_DB_TIMEOUT, 30)))
+    except ValueError:
+        return 30.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -47,6 +68,22 @@ CREATE TABLE IF NOT EXISTS jobs (
 """
 #: Columns added since the first schema, with their types: added to an older database when it is opened.
 _ADDED = {"max_seconds": "REAL"}
+
+
+def patiently(action: Callable[[], _T], pause: float = 1.0, say: Callable[[str], object] = print) -> _T:
+    """``action()``, tried again every ``pause`` seconds while it fails because the database is locked (said once
+    through ``say``); any other error is raised."""
+    warned = False
+    while True:
+        try:
+            return action()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if not warned:
+                say(f"[resattn.jobs] the jobs database is locked ({exc}); trying again every {pause:g} s")
+                warned = True
+            time.sleep(pause)
 
 
 @dataclass
@@ -149,7 +186,10 @@ class JobStore:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        conn = self.connect()
+        if not self.db_path.exists():  # a deleted database's journal must not bring its rows back
+            for suffix in ("-wal", "-shm"):
+                Path(f"{self.db_path}{suffix}").unlink(missing_ok=True)
+        conn = self.connect(create=True)
         try:
             conn.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer
             conn.executescript(_SCHEMA)
@@ -157,16 +197,38 @@ class JobStore:
             for name, kind in _ADDED.items():
                 if name not in have:
                     conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+            self._number_after_folders(conn)
         finally:
             conn.close()
+
+    def _number_after_folders(self, conn: sqlite3.Connection) -> None:
+        """Start a new database's ids after the highest ``job_NNNNN`` folder already here (ids and folders are
+        never reused: an orphaned trainer of a deleted database writes only into its own folder)."""
+        highest = max((int(m.group(1)) for p in self.root.iterdir() if (m := _FOLDER.match(p.name))), default=0)
+        if not highest:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('jobs', ?)", (highest,))
+            elif row[0] < highest:
+                conn.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'jobs'", (highest,))
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
     @property
     def db_path(self) -> Path:
         return self.root / DB_NAME
 
-    def connect(self) -> sqlite3.Connection:
-        """A new connection in autocommit mode (transactions are explicit: :meth:`transaction`)."""
-        return sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
+    def connect(self, create: bool = False) -> sqlite3.Connection:
+        """A new connection in autocommit mode (transactions are explicit: :meth:`transaction`). Only the store's
+        constructor creates the database file: a process that outlived a deleted database gets
+        ``sqlite3.OperationalError`` instead of a new, empty one."""
+        where = f"{self.db_path.resolve().as_uri()}?mode={'rwc' if create else 'rw'}"
+        return sqlite3.connect(where, timeout=db_timeout(), isolation_level=None, uri=True)
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -182,6 +244,16 @@ class JobStore:
             conn.execute("COMMIT")
         finally:
             conn.close()
+
+    def retrying(self, action: Callable[[sqlite3.Connection], _T], pause: float = 1.0) -> _T:
+        """``action(conn)`` in a write transaction, tried again after ``pause`` seconds for as long as the
+        database is locked: a lock held longer than the busy timeout delays a supervisor, it does not kill it."""
+
+        def once() -> _T:
+            with self.transaction() as conn:
+                return action(conn)
+
+        return patiently(once, pause)
 
     def select(self, conn: sqlite3.Connection, where: str = "", args: Sequence[Any] = ()) -> list[Job]:
         """The jobs matching an SQL ``WHERE``/``ORDER BY`` tail, read on ``conn``."""
@@ -239,9 +311,10 @@ class JobStore:
         )
         job_id = int(cur.lastrowid)  # type: ignore[arg-type]
         folder = self.root / f"job_{job_id:05d}"
-        if folder.exists():  # left over from a deleted jobs.sqlite: keep it, aside
-            folder.rename(folder.with_name(f"{folder.name}.old-{int(time.time())}"))
-        folder.mkdir(parents=True)
+        try:
+            folder.mkdir(parents=True)  # never an existing folder: another job's trainer may still write there
+        except FileExistsError:
+            raise JobError(f"{folder} already exists; a job folder is never reused (move it away)") from None
         return job_id, folder
 
     def record(self, conn: sqlite3.Connection, folder: Path, request: dict[str, Any]) -> Job:
@@ -253,18 +326,26 @@ class JobStore:
         return self.select(conn, "WHERE id = ?", (job_id,))[0]
 
 
-def succeeded_checkpoints(root: str | os.PathLike[str] | None = None) -> list[tuple[Job, Path]]:
-    """(job, checkpoint) of every succeeded job, newest first; nothing (and no folder created) when there is no
-    jobs database yet. Cheap: one query, no reconcile, no process started."""
+def write_result(job: Job) -> None:
+    """Record in a succeeded job's folder that it succeeded (``result.json``), for :func:`succeeded_checkpoints`."""
+    tmp = job.folder / f".{RESULT_NAME}.tmp"
+    tmp.write_text(json.dumps({"id": job.id, "state": "succeeded", "checkpoint": job.checkpoint_path.name,
+                               "label": job.label}) + "\n")
+    os.replace(tmp, job.folder / RESULT_NAME)
+
+
+def succeeded_checkpoints(root: str | os.PathLike[str] | None = None) -> list[tuple[int, Path]]:
+    """(job id, checkpoint) of every succeeded job, newest first, from the jobs' ``result.json`` files: the
+    database is never opened (nor a folder created), so a locked or broken one costs a model picker nothing."""
     root = jobs_dir(root)
-    if not (root / DB_NAME).is_file():
-        return []
-    conn = sqlite3.connect(root / DB_NAME, timeout=30, isolation_level=None)
-    try:
-        rows = conn.execute(f"{_SELECT} WHERE state = 'succeeded' ORDER BY id DESC").fetchall()
-    except sqlite3.DatabaseError:
-        return []
-    finally:
-        conn.close()
-    jobs = [_job(row, root) for row in rows]
-    return [(job, job.checkpoint) for job in jobs if job.checkpoint is not None]
+    found = []
+    for result in root.glob(f"job_*/{RESULT_NAME}"):
+        try:
+            record = json.loads(result.read_text())
+            checkpoint = result.parent / Path(str(record["checkpoint"])).name
+            job_id = int(record["id"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if record.get("state") == "succeeded" and checkpoint.is_file():
+            found.append((job_id, checkpoint))
+    return sorted(found, reverse=True)

@@ -234,6 +234,9 @@ def test_listing_the_trained_models_never_opens_the_database(root, dataset, monk
     m = manager_for(root, max_running=1)
     job = wait_for(m, m.submit(tiny(dataset, "--epochs", "1")).id, ("succeeded", "failed"))
     assert job.state == "succeeded", job.error
+    (job.folder / "result.json").unlink()  # as a job that succeeded before result files were written
+    assert jobs.succeeded_checkpoints(root) == []
+    JobManager(root, max_running=0)  # opening the store writes the missing ones
     lock = _Lock(root)
     try:
         import sqlite3

@@ -198,6 +198,9 @@ class JobStore:
                 if name not in have:
                     conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
             self._number_after_folders(conn)
+            for job in self.select(conn, "WHERE state = 'succeeded'"):  # jobs that succeeded before result files
+                if job.checkpoint is not None and not (job.folder / RESULT_NAME).exists():
+                    write_result(job)
         finally:
             conn.close()
 

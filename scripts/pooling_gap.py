@@ -50,7 +50,7 @@ def pooling_gap(checkpoint: str, data: str, split: str = "test", limit: int | No
     a, b = torch.cat(own).numpy(), torch.cat(padded).numpy()
     relative = np.linalg.norm(b - a, axis=1) / np.linalg.norm(a, axis=1)
     return {
-        "checkpoint": os.path.basename(checkpoint), "images": int(len(a)), "split": split,
+        "checkpoint": os.path.basename(checkpoint), "images": len(a), "split": split,
         "relative_logit_change_mean": float(relative.mean()), "relative_logit_change_median": float(np.median(relative)),
         "relative_logit_change_p90": float(np.percentile(relative, 90)),
         "top1_changed": float(np.mean(a.argmax(1) != b.argmax(1))),

@@ -111,18 +111,19 @@ def dataset_panel(ctx: components.Context) -> None:
         return
     path = datasets[name]
     key = ("deletion_dataset", ctx.entry.key, tools.source_key(name, path), limit, ctx.stage, ctx.index,
-           tuple(names), faithful_panels._ig_steps(), reference)
+           tuple(names), faithful_panels.ig_steps_setting(), reference)
 
     def compute(progress: faithful_panels.Progress) -> F.DatasetFaithfulness:
         batch, labels, positions, split = dataset_images(tools.source_key(name, path), path, limit, ctx.meta)
         result = F.faithfulness_over_dataset(ctx.model, ctx.meta, batch, labels, ctx.stage, ctx.index, names,
-                                             positions=positions, ig_steps=faithful_panels._ig_steps(),
+                                             positions=positions, ig_steps=faithful_panels.ig_steps_setting(),
                                              progress=progress, reference=reference)
         result.settings["split"] = split
         return result
 
     try:
-        result: F.DatasetFaithfulness = faithful_panels._run(key, compute, f"Deletion and insertion over {name}:")
+        result: F.DatasetFaithfulness = faithful_panels.run_shared(key, compute,
+                                                                   f"Deletion and insertion over {name}:")
     except (DataError, ValueError) as exc:
         st.error(f"Cannot score {name} with this model: {exc}")
         return

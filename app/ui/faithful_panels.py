@@ -62,11 +62,12 @@ def reference_map(ctx: components.Context) -> str:
     return "mask" if sum(ctx.module_counts) > 0 else "gradcam"
 
 
-def _ig_steps() -> int:
+def ig_steps_setting() -> int:
+    """The Attribution page's IG steps (16 before the page sets them)."""
     return int(st.session_state.get("ig_steps", 16))
 
 
-def _run(key: tuple, compute: Callable[[Progress], Any], label: str) -> Any:
+def run_shared(key: tuple, compute: Callable[[Progress], Any], label: str) -> Any:
     """Compute (or fetch) a shared result with a progress bar that is removed afterwards."""
     status = st.empty()
     bar = status.progress(0.0, text=label)
@@ -178,12 +179,12 @@ def deletion_insertion_panel(ctx: components.Context, target: int) -> None:
         names = [n for n in names if n != "other"]
     if not st.toggle("Compute the deletion and insertion curves (a few seconds)", key="faithful_deletion"):
         return
-    ig_steps = _ig_steps()
+    ig_steps = ig_steps_setting()
     key = ("deletion", ctx.entry.key, ctx.image_hash, int(target), ctx.stage, ctx.index, tuple(names), ig_steps,
            F.DEFAULT_STEPS, reference, other[2] if other else None)
     x = state.model_input(ctx.image, ctx.meta)
     other_x = state.model_input(other[0], ctx.meta) if other else None
-    result: DeletionResult = _run(key, lambda progress: deletion_curves(
+    result: DeletionResult = run_shared(key, lambda progress: deletion_curves(
         ctx.model, x, int(target), ctx.stage, ctx.index, names, ig_steps, progress=progress, reference=reference,
         other=other_x), f"Deletion and insertion for {class_name}:")
     st.plotly_chart(_curve_figure(result, class_name), width="stretch", key="faithful_curves")
@@ -286,10 +287,10 @@ def sanity_panel(ctx: components.Context) -> None:
     if not names:
         st.info("Choose at least one map.")
         return
-    ig_steps = _ig_steps()
+    ig_steps = ig_steps_setting()
     key = ("sanity", ctx.entry.key, ctx.image_hash, target, ctx.stage, ctx.index, tuple(names), ig_steps, seed)
     x = state.model_input(ctx.image, ctx.meta)
-    result: F.SanityResult = _run(key, lambda progress: sanity_with_progress(
+    result: F.SanityResult = run_shared(key, lambda progress: sanity_with_progress(
         ctx.model, x, target, ctx.stage, ctx.index, names, seed=seed, ig_steps=ig_steps, progress=progress),
         "Randomisation cascade:")
     st.plotly_chart(_sanity_figure(result), width="stretch", key="sanity_plot")

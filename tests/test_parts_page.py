@@ -111,3 +111,31 @@ def test_compare_shows_each_models_parts_on_the_same_image(app):
         assert name in line
     assert any("spatial NAL" in line for line in lines)  # the tiny random model's own attention and learning
     assert [c for i in at.image for c in i.captions if re.match(r"part \d+: \d+% of the energy", c)]
+
+
+def test_a_parts_dataset_examples_come_from_a_configured_dataset(checkpoints, tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    try:
+        from .test_app import APP, model_key
+        from .test_data import make_tree, zip_tree
+    except ImportError:
+        from test_app import APP, model_key
+        from test_data import make_tree, zip_tree
+
+    data = zip_tree(make_tree(tmp_path / "tree", per_class=(1, 4), size=32), tmp_path / "pets.zip")  # cat/dog/frog
+    monkeypatch.setenv("RESATTN_CHECKPOINT_DIR", str(checkpoints))
+    monkeypatch.setenv("RESATTN_APP_MODELS", "none")
+    monkeypatch.setenv("RESATTN_DATASETS", f"pets={data}")
+    at = AppTest.from_file(str(APP / "main.py"), default_timeout=300).run()
+    at = use_model(at, "a_tiny")  # a CIFAR-10 model: it knows cat, dog and frog
+    at = at.radio(key="reduction").set_value("parts").run()
+    assert at.selectbox(key="parts_dataset").options == ["pets"]
+    at = at.button(key="parts_examples").click().run()
+    no_exceptions(at)
+    examples = [c for i in at.image for c in i.captions if "top-20% share" in c and c.startswith(("cat/", "dog/", "frog/"))]
+    assert len(examples) == 6  # the six of the 12 test images where the part is most concentrated
+    shares = [float(re.search(r"top-20% share ([\d.]+)", c).group(1)) for c in examples]
+    assert shares == sorted(shares, reverse=True)
+    assert "most concentrated" in "\n".join(c.value for c in at.caption)
+    assert model_key(at, "a_tiny") == at.selectbox(key="model").value

@@ -204,15 +204,14 @@ def _examples(ctx: Any, found: P.MaskParts, part: int) -> None:
                                                       ctx.stage, ctx.index, EXAMPLE_IMAGES, ctx.model, ctx.meta)
     index, scores = P.dataset_examples(P.part_images(found, masks, part=part), count=6)
     weighted = P.part_images(found, masks, part=part)
-    columns = st.columns(3)
-    for n, (i, score) in enumerate(zip(index, scores)):
-        own = weighted[i] / max(float(weighted[i].max()), 1e-12)
-        side = 240
-        photo = np.asarray(Image.fromarray(pictures[i]).resize((side, side), Image.Resampling.BILINEAR))
-        heat = maps.colorize(maps.upsample(own, (side, side)), 0.0, 1.0, P.PART_CMAP)
-        with columns[n % 3]:
-            st.image(maps.to_png(maps.overlay(photo, heat, 0.6)),
-                     caption=f"{'/'.join(names[i].split('/')[-2:])} · top-20% share {score:.2f}")
+    side = 240
+    for first in range(0, len(index), 3):  # rows of three, in rank order
+        for column, i, score in zip(st.columns(3), index[first:first + 3], scores[first:first + 3]):
+            own = weighted[i] / max(float(weighted[i].max()), 1e-12)
+            photo = np.asarray(Image.fromarray(pictures[i]).resize((side, side), Image.Resampling.BILINEAR))
+            heat = maps.colorize(maps.upsample(own, (side, side)), 0.0, 1.0, P.PART_CMAP)
+            column.image(maps.to_png(maps.overlay(photo, heat, 0.6)),
+                         caption=f"{'/'.join(names[i].split('/')[-2:])} · top-20% share {score:.2f}")
     st.caption(f"The {len(index)} of {len(masks)} images where part {part + 1}'s channels (weighted by their loadings, "
                "each above its own floor) are most concentrated; each map scaled to its own maximum.")
 

@@ -13,11 +13,70 @@ from .test_data import make_tree, zip_tree
 from .test_train_page import tiny_checkpoint
 
 try:  # tests/ may or may not be a package
-    from .browser import launch, require_browser, settle, streamlit_server
+    from .browser import choose, launch, require_browser, settle, streamlit_server
 except ImportError:
-    from browser import launch, require_browser, settle, streamlit_server
+    from browser import choose, launch, require_browser, settle, streamlit_server
 
 pytestmark = [pytest.mark.browser]
+
+
+def _env(tmp_path, **extra: str) -> dict[str, str]:
+    data = zip_tree(make_tree(tmp_path / "tree", per_class=(16, 4)), tmp_path / "tiny.zip")
+    tiny_checkpoint(tmp_path / "checkpoints")
+    return {"RESATTN_APP_MODELS": "none", "RESATTN_CHECKPOINT_DIR": str(tmp_path / "checkpoints"),
+            "RESATTN_JOBS_DIR": str(tmp_path / "jobs"), "RESATTN_DATASETS": f"tiny={data}",
+            "RESATTN_DATA_CACHE": str(tmp_path / "cache"), "RESATTN_JOBS_PASSPHRASE": "", "RESATTN_GALLERY_DATA": "",
+            **extra}
+
+
+@pytest.fixture
+def queue_only(tmp_path):
+    """A server whose jobs stay queued (no trainer runs)."""
+    require_browser()
+    env = _env(tmp_path, RESATTN_JOBS_MAX_RUNNING="0")
+    try:
+        with streamlit_server(tmp_path / "streamlit.log", env) as url:
+            yield url, tmp_path / "jobs", tmp_path / "tiny.zip"
+    finally:
+        stop_all(tmp_path / "jobs")
+
+
+def test_a_reload_keeps_the_browsers_jobs_and_user_text_shows_as_typed(queue_only):
+    """The browser's cookie survives a reload (its job is still its own, so it may cancel it); a label full of
+    Markdown is shown as the characters it is made of."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from resattn import jobs
+
+    url, jobs_dir, data = queue_only
+    hostile = "**bold** [link](x) :red[alarm] <b>x</b>"
+    with sync_playwright() as p:
+        browser = launch(p)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{url}/train", timeout=60_000)
+            expect(page.get_by_text("No jobs yet.")).to_be_visible(timeout=120_000)
+            settle(page)
+            page.get_by_role("button", name="Start job").click()
+            expect(page.get_by_text("Queued job 1.")).to_be_visible(timeout=60_000)
+            assert any(c["name"] == "resattn_browser" for c in page.context.cookies())
+            jobs.JobManager(jobs_dir, max_running=0).submit(["--data", str(data), "--epochs", "1"], owner="cli",
+                                                            label=hostile)
+            page.reload()
+            expect(page.get_by_role("heading", name="Jobs")).to_be_visible(timeout=120_000)
+            settle(page)
+            caption = page.get_by_text(hostile + " · device", exact=False)
+            expect(caption).to_be_visible(timeout=60_000)  # job 2 is shown first: its label, character for character
+            assert page.locator("strong", has_text="bold").count() == 0
+            choose(page, page, "Job", "job 1 · queued")
+            settle(page)
+            expect(page.get_by_text("started by you")).to_be_visible(timeout=60_000)  # after the reload too
+            page.get_by_role("button", name="Cancel job").click()
+            expect(page.get_by_text("Job 1: cancelled", exact=False)).to_be_visible(timeout=60_000)
+            assert jobs.JobManager(jobs_dir, max_running=0).get(1).state == "cancelled"
+            assert page.get_by_test_id("stException").count() == 0
+        finally:
+            browser.close()
 
 
 @pytest.fixture

@@ -164,16 +164,25 @@ def test_lifecycle_queue_snapshots_and_a_new_manager(root, dataset):
 
 def test_a_failing_job_keeps_its_log_tail(root, dataset):
     m = manager_for(root)
-    job = m.submit(tiny(dataset, "--epochs", "1", "--classes", "horse"))
+    with pytest.raises(JobError, match=r"--classes: 'horse' not in the dataset \(classes: cat, dog, frog\)"):
+        m.submit(tiny(dataset, "--epochs", "1", "--classes", "horse"))  # known at submit: refused there
     small = m.submit(tiny(dataset, "--epochs", "1", "--batch-size", "64"))  # 48 training images
-    failed = wait_for(m, job.id, ("failed", "succeeded"))
+    failed = wait_for(m, small.id, ("failed", "succeeded"))
     assert failed.state == "failed" and failed.returncode == 1 and failed.checkpoint is None
     # the cause from the trainer's log leads the error (the page shows its first line), the log's tail follows
-    assert failed.error.splitlines()[0].startswith("the trainer exited with code 1: class 'horse' is not in ")
-    assert "\nerror: class 'horse' is not in" in failed.error
-    too_small = wait_for(m, small.id, ("failed", "succeeded"))
-    assert too_small.error.splitlines()[0] == (
+    assert failed.error.splitlines()[0] == (
         "the trainer exited with code 1: 48 training images make no full batch of 64")
+    assert "\nerror: 48 training images make no full batch of 64" in failed.error
+
+
+def test_the_cause_of_a_failure_is_read_from_the_log(tmp_path):
+    job = jobs.Job(1, "failed", "x", [], None, None, "cpu", 1, 1, tmp_path, 0.0)
+    assert jobs.failure_cause(job) is None  # no log
+    job.log_path.write_text("epoch 1/2: 50%|##| 3/6\rTraceback (most recent call last):\n  File \"x\", line 1\n"
+                            "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n")
+    assert jobs.failure_cause(job) == "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    job.log_path.write_text("error: the loss became nan\nTraceback (most recent call last):\nValueError: later\n")
+    assert jobs.failure_cause(job) == "the loss became nan"  # the trainer's own line wins
 
 
 def test_cancel_stops_the_trainers_whole_process_group(root, dataset):
@@ -482,7 +491,7 @@ def test_owner_passphrase_and_queue_cap_rules(root, dataset):
     # cancelling: without a passphrase, only your own jobs; with one, its holders may cancel any job
     cancel = jobs.cancel_refusal
     assert cancel(mine, "s1", passphrase_set=False, unlocked=False) is None
-    assert "another session" in cancel(mine, "s2", passphrase_set=False, unlocked=False)
+    assert "another browser" in cancel(mine, "s2", passphrase_set=False, unlocked=False)
     assert "needs the passphrase" in cancel(mine, "s1", passphrase_set=True, unlocked=False)
     assert cancel(mine, "s2", passphrase_set=True, unlocked=True) is None
     ended = m.cancel(mine.id)

@@ -114,15 +114,21 @@ def test_a_bad_upload_is_refused_on_the_page(train_env):
     assert any("No jobs yet" in i.value for i in at.info)
 
 
+def unlock_button(at: AppTest):
+    """The passphrase form's button (a form's submit button takes no key in the oldest Streamlit supported)."""
+    return next(b for b in at.button if b.label == "Unlock")
+
+
 def test_passphrase_gates_starting_jobs(train_env, monkeypatch):
     monkeypatch.setenv("RESATTN_JOBS_PASSPHRASE", "open sesame")
+    monkeypatch.setenv("RESATTN_JOBS_GUESS_DELAY", "0")
     at = train_page()
     assert at.button(key="train_start").disabled
     at.text_input(key="jobs_passphrase_input").input("wrong")  # typed into the form, sent with its button
-    at.button(key="jobs_unlock").click().run()
+    unlock_button(at).click().run()
     assert any("not the passphrase" in e.value for e in at.error) and at.button(key="train_start").disabled
     at.text_input(key="jobs_passphrase_input").input("open sesame")
-    at.button(key="jobs_unlock").click().run()
+    unlock_button(at).click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert not at.button(key="train_start").disabled and at.session_state["jobs_unlocked"]
 
@@ -133,9 +139,9 @@ def test_a_session_cancels_only_its_own_jobs(train_env, monkeypatch):
     monkeypatch.setenv("RESATTN_JOBS_MAX_RUNNING", "0")  # jobs stay queued: no process is started
     other = jobs.JobManager(train_env).submit(["--data", "tiny", "--epochs", "1"], owner="another-browser")
     at = train_page()
-    assert at.dataframe[0].value["by"].tolist() == ["another session"]
+    assert at.dataframe[0].value["by"].tolist() == ["another browser"]
     assert at.button(key=f"train_cancel_{other.id}").disabled
-    assert any("started by another session" in c.value for c in at.caption)
+    assert any("started by another browser" in c.value for c in at.caption)
     at.button(key="train_start").click().run()
     assert any("Queued job 2" in s.value for s in at.success)
     assert at.selectbox(key="train_job").value == 2 and not at.button(key="train_cancel_2").disabled

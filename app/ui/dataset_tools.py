@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import tempfile
 import time
 import zipfile
@@ -34,7 +33,7 @@ import streamlit as st
 import torch
 from PIL import Image
 
-from resattn import archive, images, masks
+from resattn import archive, images, jobs, masks
 from resattn.data import DataError, Decoded, SplitSource, class_names, open_split, read_member
 from resattn.preprocess import Preprocessing
 
@@ -57,8 +56,6 @@ PICK_KEY = "dataset_pick"
 
 def configured_datasets() -> dict[str, str]:
     """``RESATTN_DATASETS`` as {name: path}; the jobs' parser, so both read the variable the same way."""
-    from resattn import jobs
-
     return jobs.configured_datasets()
 
 
@@ -90,17 +87,13 @@ def check_and_extract(zip_path: Path, target: Path) -> archive.Extracted:
     return archive.extract_dataset_apart(zip_path, target, UPLOAD_LIMITS)
 
 
-def _safe_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).name)[:80] or "upload.zip"
-
-
 @st.cache_resource(show_spinner=False, max_entries=4, ttl=3600)
 def extracted_upload(digest: str, name: str, _data: bytes) -> UploadedDataset:
     """Check and extract an uploaded zip (cached by its SHA-256); raises ``ArchiveError``. Nothing is written
     outside a fresh temporary folder, which is deleted when the cache entry goes."""
     folder = tempfile.TemporaryDirectory(prefix="resattn-dataset-")
     try:
-        zip_path = Path(folder.name) / _safe_name(name)
+        zip_path = Path(folder.name) / jobs.safe_file_name(name)
         zip_path.write_bytes(_data)
         extracted = check_and_extract(zip_path, Path(folder.name) / "data")
         zip_path.unlink()

@@ -6,8 +6,8 @@ submits, lists, watches and cancels them; the job list refreshes itself (a fragm
 job is queued or running, without rerunning the rest of the page.
 """
 
+import html
 import os
-import secrets
 import sqlite3
 import tempfile
 import time
@@ -23,7 +23,8 @@ from resattn import jobs
 from resattn.archive import ArchiveError
 from resattn.data import DataError, class_names, open_split
 
-from ui import state
+from ui import job_access, state
+from ui.job_access import plain
 
 REFRESH_S = 2.0
 PRESETS = {"stage3": "Last stage only (stage 3 + classifier)", "all": "Whole network", "head": "Classifier only"}
@@ -50,8 +51,8 @@ def passphrase() -> str | None:
 
 
 def owner() -> str:
-    """This browser session's random token: the owner recorded with the jobs it starts."""
-    return st.session_state.setdefault("jobs_owner", secrets.token_urlsafe(16))
+    """This browser's owner id, kept across reloads by a cookie (:func:`ui.job_access.browser_owner`)."""
+    return job_access.browser_owner()
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -96,7 +97,7 @@ def job_classes(job: jobs.Job) -> list[str]:
 
 
 def who(job: jobs.Job) -> str:
-    return "you" if job.owner == owner() else "a terminal" if job.owner == "cli" else "another session"
+    return "you" if job.owner == owner() else "a terminal" if job.owner == "cli" else "another browser"
 
 
 # ---------------------------------------------------------------------------------------------- the page
@@ -110,9 +111,13 @@ st.markdown("Fine-tune a checkpoint on a few classes, on noisy labels (the paper
 root = str(jobs.jobs_dir())
 try:
     m = manager(root)
-except (OSError, sqlite3.Error) as exc:
+except OSError as exc:
     st.error(f"The jobs folder {root} cannot be used ({exc}); set {jobs.ENV_DIR} to a writable folder.")
     st.stop()
+except sqlite3.Error as exc:  # locked past the busy timeout, or not a database
+    st.error(plain(jobs.database_problem(Path(root), exc)))
+    st.stop()
+owner()  # on a first visit, this sets the browser's cookie: a reload then keeps its jobs
 required = passphrase()
 limits = jobs.JobLimits.from_env()
 unlocked = not required or st.session_state.get("jobs_unlocked", False)
@@ -122,11 +127,16 @@ if required and not unlocked:
     with gate.form("unlock", border=True):
         st.markdown("**This server asks for a passphrase before a job is started or cancelled.** Anyone can watch.")
         given = st.text_input("Passphrase", type="password", key="jobs_passphrase_input")
-        if st.form_submit_button("Unlock", key="jobs_unlock"):
-            if jobs.passphrase_matches(given, required):
+        if st.form_submit_button("Unlock"):
+            verdict, wait = job_access.throttle(job_access.guess_delay()).check(given, required)
+            if verdict == "right":
                 st.session_state["jobs_unlocked"] = unlocked = True
+            elif verdict == "wrong":
+                st.error("That is not the passphrase." + (f" The next guess is checked in {wait:.0f} s." if wait
+                                                          else ""))
             else:
-                st.error("That is not the passphrase.")
+                st.error(f"Too soon: after a wrong guess this server checks no passphrase for "
+                         f"{job_access.guess_delay():g} s. Try again in {max(wait, 1):.0f} s.")
     if unlocked:
         gate.empty()
 
@@ -198,7 +208,7 @@ else:
                 with tempfile.TemporaryDirectory() as folder:
                     zip_path = None
                     if upload is not None:
-                        zip_path = Path(folder) / (Path(upload.name).name or "upload.zip")
+                        zip_path = Path(folder) / jobs.safe_file_name(upload.name, "upload.zip")
                         zip_path.write_bytes(upload.getvalue())
                     with st.spinner("Checking the zip…" if zip_path else "Queueing…"):
                         if pair:
@@ -206,8 +216,10 @@ else:
                                                     upload=zip_path)
                         else:
                             created = [m.submit(options, owner=owner(), upload=zip_path)]
-            except (jobs.JobError, ArchiveError, resattn.CheckpointError) as exc:
-                st.error(f"Not started: {exc}")
+            except (jobs.JobError, ArchiveError, resattn.CheckpointError, DataError) as exc:
+                st.error(f"Not started: {plain(str(exc))}")
+            except sqlite3.Error as exc:
+                st.error(plain(jobs.database_problem(m.root, exc)))
             else:
                 st.session_state["train_job"] = created[0].id
                 st.success("Queued " + " and ".join(f"job {j.id}" for j in created) + ".")
@@ -244,7 +256,7 @@ def masks(job: jobs.Job, files: list[Path]) -> None:
     modules = sorted((k for k in first if k.startswith("stage")),
                      key=lambda k: tuple(int(v) for v in k.removeprefix("stage").split("_module")))
     names = job_classes(job)
-    name = lambda i: names[i] if 0 <= i < len(names) else f"class {i}"  # noqa: E731
+    name = lambda i: html.escape(names[i]) if 0 <= i < len(names) else f"class {i}"  # noqa: E731
     c1, c2, c3 = st.columns(3)
     image = c1.selectbox("Probe image", range(len(first["labels"])), key=f"train_probe_image_{job.id}",
                          format_func=lambda i: f"image {i + 1} ({name(int(first['labels'][i]))})")
@@ -296,17 +308,21 @@ def job_details(job: jobs.Job) -> None:
     elif job.ended and job.started:
         text += f" · took {duration(job.ended - job.started)}"
     st.progress(p.fraction, text=text)
-    st.caption(f"{job.label} · device **{job.device_label}** · started by {who(job)}")
+    st.caption(f"{plain(job.label)} · device **{job.device_label}** · started by {who(job)}")
     if job.state == "failed":
-        st.error(f"Job {job.id} failed: {(job.error or '').splitlines()[0] if job.error else 'no reason recorded'}. "
-                 "The log's tail is below.")
+        reason = plain(job.error.splitlines()[0]) if job.error else "no reason recorded"
+        st.error(f"Job {job.id} failed: {reason}. The log's tail is below.")
     elif job.state == "succeeded" and job.checkpoint:
         st.success(f"Checkpoint `{job.checkpoint}`: pick **job {job.id}** in the model picker to explore it.")
     if job.active:
         refusal = jobs.cancel_refusal(job, owner(), passphrase_set=bool(required), unlocked=bool(unlocked))
         if st.button("Cancel job", key=f"train_cancel_{job.id}", disabled=refusal is not None, help=refusal):
-            m.cancel(job.id)
-            st.toast(f"Job {job.id}: cancelling (the trainer stops after its current step).")
+            # checked again on the action itself, on the record as it is now: a disabled button is no permission
+            refusal = jobs.cancel_refusal(m.get(job.id), owner(), passphrase_set=bool(required),
+                                          unlocked=bool(unlocked))
+            if refusal is None:
+                m.cancel(job.id)
+                st.toast(f"Job {job.id}: cancelling (the trainer stops after its current step).")
         if refusal:
             st.caption(refusal)
     curves(m.metrics(job))
@@ -317,7 +333,11 @@ def job_details(job: jobs.Job) -> None:
 
 def jobs_panel() -> None:
     """The job list and the selected job; reruns on its own every REFRESH_S seconds while a job is active."""
-    listed = m.list()
+    try:
+        listed = m.list()
+    except sqlite3.Error as exc:
+        st.error(plain(jobs.database_problem(m.root, exc)))
+        return
     finished = {j.id for j in listed if not j.active}
     seen = st.session_state.get("_train_finished")
     st.session_state["_train_finished"] = finished
@@ -342,5 +362,9 @@ def jobs_panel() -> None:
 
 
 st.header("Jobs")
-active = any(j.active for j in m.list())
+try:
+    active = any(j.active for j in m.list())
+except sqlite3.Error as exc:  # locked past the busy timeout, or broken: say so, the rest of the page works
+    st.error(plain(jobs.database_problem(m.root, exc)))
+    st.stop()
 st.fragment(jobs_panel, run_every=REFRESH_S if active else None)()

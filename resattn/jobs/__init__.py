@@ -67,6 +67,7 @@ from .options import (
     counterpart,
     describe_options,
     fine_tune_options,
+    safe_file_name,
     trainer_command,
     trainer_env,
 )
@@ -76,12 +77,12 @@ from .process import _kill_tree as _kill_tree
 from .process import _proc_stat as _proc_stat
 from .process import _reap_children as _reap_children
 from .process import process_alive, process_start
-from .store import Job, JobStore, Progress, succeeded_checkpoints
+from .store import Job, JobStore, Progress, database_problem, succeeded_checkpoints
 
 __all__ = [
     "ACTIVE", "CANCEL_GRACE_S", "CPU_NICENESS", "DB_NAME", "ENV_DATASETS", "ENV_DATA_CACHE", "ENV_DIR",
     "ENV_MAX_EPOCHS", "ENV_MAX_IMAGES", "ENV_MAX_MINUTES", "ENV_MAX_QUEUED", "ENV_MAX_QUEUED_TOTAL", "ENV_MAX_RUNNING",
-    "JobLimits", "failure_cause", "within_limits", "ENV_PASSPHRASE", "HERE", "LOG_NAME", "MANAGED_OPTIONS", "PATH_OPTIONS",
+    "JobLimits", "database_problem", "failure_cause", "safe_file_name", "within_limits", "ENV_PASSPHRASE", "HERE", "LOG_NAME", "MANAGED_OPTIONS", "PATH_OPTIONS",
     "STATES", "Job", "JobError", "JobManager", "JobStore", "Progress", "build_parser", "cancel_refusal",
     "clean_log", "configured_datasets", "counterpart", "cpu_threads", "describe_options", "detect_device",
     "fine_tune_options", "job_log", "jobs_dir", "main", "passphrase_matches", "process_alive", "process_start",

@@ -1,7 +1,7 @@
 """Who may start and stop jobs (the Train page; the command line is trusted).
 
 With a passphrase set (``RESATTN_JOBS_PASSPHRASE`` or the Streamlit secret ``jobs_passphrase``), submitting and
-cancelling need it and its holders may cancel any job; without one, anyone may submit and a session cancels
+cancelling need it and its holders may cancel any job; without one, anyone may submit and a browser cancels
 only the jobs it started. A browser may hold at most ``RESATTN_JOBS_MAX_QUEUED`` (default 3) queued or running
 jobs, and the server's queue at most ``RESATTN_JOBS_MAX_QUEUED_TOTAL`` (default 10) jobs (:mod:`.limits`).
 Each rule returns why an action is refused (a sentence for the page), or None when it is allowed.
@@ -41,12 +41,12 @@ def submit_refusal(manager: JobManager, owner: str, *, passphrase_set: bool, unl
 
 
 def cancel_refusal(job: Job, owner: str, *, passphrase_set: bool, unlocked: bool) -> str | None:
-    """Why session ``owner`` may not cancel ``job``, or None if it may: with a passphrase set, its holders may
-    cancel any job; without one, a session cancels only the jobs it started."""
+    """Why browser ``owner`` may not cancel ``job``, or None if it may: with a passphrase set, its holders may
+    cancel any job; without one, a browser cancels only the jobs it started."""
     if not job.active:
         return f"Job {job.id} has already ended ({job.state})."
     if passphrase_set:
         return None if unlocked else "Cancelling jobs on this server needs the passphrase."
     if job.owner != owner:
-        return f"Job {job.id} was started by another session; only that session can cancel it."
+        return f"Job {job.id} was started by another browser; only that browser can cancel it."
     return None

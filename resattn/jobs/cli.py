@@ -10,11 +10,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import CANCEL_GRACE_S, DB_NAME, ENV_DIR, ENV_MAX_RUNNING, JobError, jobs_dir
+from .config import CANCEL_GRACE_S, ENV_DIR, ENV_MAX_RUNNING, JobError, jobs_dir
 from .logs import clean_log, job_log
 from .manager import JobManager
 from .options import _option
-from .store import Job
+from .store import Job, database_problem
 
 
 def _print_table(manager: JobManager, jobs: Sequence[Job]) -> None:
@@ -117,11 +117,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     return 0
 
-
-def database_problem(root: Path, exc: sqlite3.DatabaseError) -> str:
-    """What to tell a person about an error of the jobs database (the command line and the Train page)."""
-    path = root / DB_NAME
-    if "locked" in str(exc) or "busy" in str(exc):
-        return f"the jobs database {path} is locked by another process ({exc}); try again in a moment"
-    return (f"the jobs database {path} cannot be used ({exc}). Move it aside to start a new one: the job folders "
-            "are kept, and new jobs are numbered after them")

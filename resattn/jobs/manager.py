@@ -31,7 +31,7 @@ from .config import (
 )
 from .limits import JobLimits, within_limits
 from .logs import log_tail, read_metrics, read_progress
-from .options import _option, describe_options, pair_options, prepare_options
+from .options import _option, describe_options, pair_options, prepare_options, safe_file_name
 from .process import _reap_children, _signal_group, process_alive
 from .store import Job, JobStore, Progress
 from .schedule import reconcile
@@ -161,7 +161,7 @@ class JobManager:
         if upload is not None and any(_option(v, "--data") for v in variants):
             raise JobError("give either --data or an uploaded zip, not both")
         variants = [within_limits(prepare_options(v), self.job_limits) for v in variants]
-        upload_name = Path(upload).name if upload else None
+        upload_name = safe_file_name(Path(upload).name) if upload else None
         staging = stage_upload(self.root, upload, self.limits) if upload is not None else None
         try:
             jobs = []

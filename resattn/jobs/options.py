@@ -14,6 +14,7 @@ trainer runs in the job's folder.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -128,9 +129,19 @@ def fine_tune_options(
     if label_noise:
         options += ["--label-noise", f"{label_noise:g}"]
     for name, value in (("--batch-size", batch_size), ("--train-limit", train_limit), ("--test-limit", test_limit)):
-        if value:
+        if value is not None:  # a 0 is passed on (and refused at submit), not dropped for a default
             options += [name, str(value)]
     return options + list(extra)
+
+
+def safe_file_name(name: str, default: str = "upload.zip") -> str:
+    """A file name a user sent (an upload's), reduced to letters, digits, ``._-`` and spaces, at most 80
+    characters, without any folder: what is kept of it is safe as a file name and as text on a page."""
+    kept = re.sub(r"[^A-Za-z0-9._ -]+", "_", Path(name.replace("\\", "/")).name).strip(" .")
+    if len(kept) > 80:
+        suffix = Path(kept).suffix[:10]
+        kept = kept[: 80 - len(suffix)] + suffix
+    return kept or default
 
 
 def describe_options(options: Sequence[str], upload: str | None = None) -> str:
@@ -241,9 +252,27 @@ def prepare_options(options: Sequence[str]) -> list[str]:
         known = (f" (configured datasets: {', '.join(datasets)})" if datasets
                  else f" (set {ENV_DATASETS} to name datasets)")
         raise JobError(f"--data {data}: no such dataset file or folder{known}")
+    classes = _option(options, "--classes")
+    if classes and data is not None and os.path.exists(data):
+        _check_classes([c.strip() for c in classes.split(",") if c.strip()], data)
     base = _option(options, "--init-from")
     if base is not None:
         from ..checkpoint import read_meta
 
         read_meta(base)  # resattn.CheckpointError now, not a failed job later
     return options
+
+
+def _check_classes(wanted: Sequence[str], data: str) -> None:
+    """:class:`JobError` unless every class of ``--classes`` is in the dataset (read from its listing)."""
+    from ..data import DataError, class_names, open_split
+
+    try:
+        folders = open_split(data, "train").classes
+    except DataError as exc:
+        raise JobError(f"--data {data}: {exc}") from exc
+    known = set(folders) | set(class_names(folders))
+    missing = [c for c in wanted if c not in known]
+    if missing:
+        raise JobError(f"--classes: {', '.join(repr(c) for c in missing)} not in the dataset (classes: "
+                       f"{', '.join(class_names(folders))})")

@@ -34,6 +34,15 @@ RESULT_NAME = "result.json"
 _FOLDER = re.compile(r"job_(\d+)")
 
 
+def database_problem(root: Path, exc: sqlite3.DatabaseError) -> str:
+    """What to tell a person about an error of the jobs database (the command line and the Train page)."""
+    path = root / DB_NAME
+    if "locked" in str(exc) or "busy" in str(exc):
+        return f"the jobs database {path} is locked by another process ({exc}); try again in a moment"
+    return (f"the jobs database {path} cannot be used ({exc}). Move it aside to start a new one: the job folders "
+            "are kept, and new jobs are numbered after them")
+
+
 def db_timeout() -> float:
     """Seconds a connection waits for a lock before ``database is locked`` (``RESATTN_JOBS_DB_TIMEOUT``, 30)."""
     try:

@@ -72,12 +72,12 @@ class DatasetKnockout:
         n = len(self.labels)
         lines = [f"mask knock-out over {n} images: intact top-1 {100 * self.intact_accuracy:.2f}%; per module and "
                  "replacement, the change (knocked out − intact) with its paired 95% interval",
-                 f"{'module':16s} {'mask set to':22s} {'top-1 after':>11s} {'Δ top-1, points':>38s} "
-                 f"{'Δ true-class logit':>44s} {'top-1 class changed':>20s}"]
+                 f"{'module':18s} {'mask set to':22s} {'top-1 after':>11s} {'Δ top-1, points':>40s} "
+                 f"{'Δ true-class logit':>60s} {'top-1 changed':>14s}"]
         for e in self.effects:
-            lines.append(f"{f'stage {e.stage}, module {e.index}':16s} {KNOCKOUT_NAMES[e.mode]:22s} "
-                         f"{100 * e.accuracy.rate_b:10.2f}% {e.accuracy.text():>38s} {e.logit.text(3):>44s} "
-                         f"{100 * e.changed:19.1f}%")
+            lines.append(f"{f'stage {e.stage}, module {e.index}':18s} {KNOCKOUT_NAMES[e.mode]:22s} "
+                         f"{100 * e.accuracy.rate_b:10.2f}% {e.accuracy.text():>40s} {e.logit.text(3):>60s} "
+                         f"{100 * e.changed:13.1f}%")
         lines.append("interval for Δ top-1: normal, from the paired standard error; for Δ logit: t; p-values: "
                      "McNemar's exact test, paired t-test and Wilcoxon signed-rank")
         return "\n".join(lines)

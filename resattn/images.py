@@ -26,7 +26,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
-from .data import DataError, open_split, read_member
+from .data import DataError, class_names, open_split, read_member
 
 __all__ = [
     "ImageError",
@@ -228,40 +228,50 @@ def to_tensor(
 
 @dataclass(frozen=True)
 class GalleryItem:
-    """One gallery photo: a label for the picker, where it comes from, and how to read its bytes."""
+    """One gallery photo: a label for the picker, where it comes from, how to read its bytes, and what it shows
+    (class names, so a page can say whether a model knows any of them)."""
 
     label: str
     source: str
     read: Callable[[], bytes]
+    shows: tuple[str, ...] = ()
+
+    def shown_in(self, classes: Sequence[str]) -> str | None:
+        """The first of ``classes`` (folder or display names) that this photo shows, or None."""
+        known = {c.lower() for c in classes}
+        return next((s for s in self.shows if s.lower() in known), None)
 
 
 def _package_photos() -> list[GalleryItem]:
     """Photos shipped inside installed packages; a package that is missing is skipped."""
-    found: list[tuple[str, str, Path]] = []
+    found: list[tuple[str, str, Path, tuple[str, ...]]] = []
     try:
         import skimage
 
         root = Path(skimage.__file__).parent / "data"
-        for stem, label in (("astronaut.png", "astronaut"), ("chelsea.png", "cat (Chelsea)"),
-                            ("coffee.png", "coffee cup"), ("rocket.jpg", "rocket"), ("motorcycle_left.png", "motorcycle"),
-                            ("camera.png", "cameraman (greyscale)")):
-            found.append((label, "scikit-image", root / stem))
+        for stem, label, shows in (("astronaut.png", "astronaut", ("person",)), ("chelsea.png", "cat (Chelsea)", ("cat",)),
+                                   ("coffee.png", "coffee cup", ("coffee mug", "cup")), ("rocket.jpg", "rocket", ("rocket",)),
+                                   ("motorcycle_left.png", "motorcycle", ("motorcycle",)),
+                                   ("camera.png", "cameraman (greyscale)", ("person", "camera"))):
+            found.append((label, "scikit-image", root / stem, shows))
     except ImportError:
         pass
     try:
         import sklearn.datasets
 
         root = Path(sklearn.datasets.__file__).parent / "images"
-        found += [("china (temple)", "scikit-learn", root / "china.jpg"), ("flower", "scikit-learn", root / "flower.jpg")]
+        found += [("china (temple)", "scikit-learn", root / "china.jpg", ("palace", "temple")),
+                  ("flower", "scikit-learn", root / "flower.jpg", ("flower",))]
     except ImportError:
         pass
     try:
         import matplotlib
 
-        found.append(("Grace Hopper", "matplotlib", Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"))
+        found.append(("Grace Hopper", "matplotlib", Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg",
+                      ("person",)))
     except ImportError:
         pass
-    return [GalleryItem(label, source, path.read_bytes) for label, source, path in found if path.is_file()]
+    return [GalleryItem(label, source, path.read_bytes, shows) for label, source, path, shows in found if path.is_file()]
 
 
 def _zip_reader(path: Path, member: str) -> Callable[[], bytes]:
@@ -296,7 +306,8 @@ def dataset_samples(location: str | os.PathLike[str], limit: int = 10) -> list[G
     else:
         readers = [Path(m).read_bytes for _, m in picks]
     return [
-        GalleryItem(f"{split.classes[c]} ({Path(m).name})", path.name, read)
+        GalleryItem(f"{class_names([split.classes[c]])[0]} ({Path(m).name})", path.name, read,
+                    (split.classes[c], class_names([split.classes[c]])[0]))
         for (c, m), read in zip(picks[:limit], readers[:limit])
     ]
 

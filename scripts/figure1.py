@@ -35,6 +35,8 @@ sys.path.insert(0, str(ROOT))
 
 import resattn  # noqa: E402
 from resattn import images, maps  # noqa: E402
+from resattn.confidence import calibration_for  # noqa: E402
+from resattn.data import class_names  # noqa: E402
 from resattn.preprocess import Preprocessing  # noqa: E402
 
 
@@ -91,8 +93,19 @@ def see(photo: bytes, photo_name: str, checkpoint: Path) -> Seen:
     picture = (prep.denormalize(x)[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
     name = classes[top] if top < len(classes) else f"class {top}"
     title = (f"{meta.get('model')} ({Path(checkpoint).stem}): {photo_name}, predicted {name} "
-             f"(p = {float(probs[top]):.2f})")
+             f"(p = {float(probs[top]):.2f})\n" + knows(checkpoint, meta, float(probs[top])))
     return Seen(meta, prep, picture, trace, stages, title)
+
+
+def knows(checkpoint: Path, meta: dict, top: float) -> str:
+    """What the model can name, and whether this prediction is unsure (the explorer's rule,
+    :mod:`resattn.confidence`): a figure of a photo of something else must not look like a recognition."""
+    names = class_names(list(meta.get("classes") or []))
+    line = f"the model names only its {len(names)} classes" + (f" ({', '.join(names)})" if len(names) <= 12 else "")
+    found = calibration_for(checkpoint, resattn.file_hash(checkpoint))
+    if found is not None and found.unsure(top):
+        line += f"; unsure: p below {found.threshold:.2f}, this photo may show none of them"
+    return line
 
 
 def _pyplot():  # noqa: ANN202 - matplotlib.pyplot on the Agg backend

@@ -69,6 +69,9 @@ def test_figure_script_takes_a_gallery_photo_by_its_label(tmp_path):
 def test_parts_figure_draws_each_stages_parts_and_states_what_they_explain(tmp_path):
     """``--parts``: a PNG of the stated size whose rows state, per stage, the k and explained fraction that
     ``resattn.parts.mask_parts`` gives for that stage's mask of the same photo, with one panel per drawn part."""
+    import torch
+
+    from resattn.confidence import calibration_for
     from resattn.parts import mask_parts
     from resattn.preprocess import Preprocessing
 
@@ -96,3 +99,8 @@ def test_parts_figure_draws_each_stages_parts_and_states_what_they_explain(tmp_p
     drawn = [line for line in described.splitlines() if line.startswith("part ") and "energy" in line]
     assert len(drawn) == sum(min(3, p.k) for p in expected)  # --top 3: at most three parts a stage
     assert f"part 1: {expected[0].energy[0]:.0%} of the parts' energy" in drawn
+    # the figure says what the model can name, and whether this prediction is unsure (the explorer's rule)
+    assert "the model names only its 10 classes (airplane, automobile," in described
+    top = float(torch.softmax(trace.logits, 1).max())
+    threshold = calibration_for(checkpoint, resattn.file_hash(checkpoint)).threshold
+    assert ("this photo may show none of them" in described) == (top < threshold)

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: resattn's top-level modules and packages, lowest layer first: a module may import only from its own layer's
 #: package or from a lower layer (the README's "Layout" section draws the same picture).
 LAYERS: list[set[str]] = [
-    {"_version", "blocks", "counting", "paper", "preprocess", "maps", "graphs"},  # leaves: no resattn imports
+    {"_version", "blocks", "counting", "paper", "preprocess", "maps", "graphs", "confidence"},  # leaves
     {"attention", "data"},                                                        # the attention module; datasets
     {"networks", "inspect", "images", "attribution"},                             # networks; looking inside them
     {"registry", "archive"},                                                      # named models; uploaded archives

@@ -167,8 +167,15 @@ def other_image(ctx: Context, key: str, label: str = "Another image") -> tuple[I
     return image, name, digest
 
 
-def _image_input() -> tuple[Image.Image, str, str] | None:
-    """The image chosen in the sidebar as (image, name, hash), or None; bad files are reported, not raised."""
+def _gallery_label(label: str, item: images.GalleryItem, classes: list[str]) -> str:
+    """A gallery choice marked with whether it shows one of the model's classes."""
+    shown = item.shown_in(classes)
+    return f"✓ {label} (a {shown}: a class of this model)" if shown else f"{label} (none of this model's classes)"
+
+
+def _image_input(meta: dict[str, Any]) -> tuple[Image.Image, str, str] | None:
+    """The image chosen in the sidebar as (image, name, hash), or None; bad files are reported, not raised.
+    Gallery photos are marked with whether they show one of the model's classes (``meta``'s)."""
     source = st.sidebar.radio("Image source", SOURCES, key="source", horizontal=True)
     if (picked := dataset_tools.picked_image(source)) is not None:  # "Open in Explore" on the Dataset page
         return picked
@@ -189,7 +196,11 @@ def _image_input() -> tuple[Image.Image, str, str] | None:
             return None
         if st.session_state.get("gallery") not in items:
             st.session_state.pop("gallery", None)
-        label = st.sidebar.selectbox("Gallery photo", list(items), key="gallery")
+        classes = list(meta.get("classes") or []) + list(meta.get("class_folders") or [])
+        label = st.sidebar.selectbox("Gallery photo", list(items), key="gallery",
+                                     format_func=lambda name: _gallery_label(name, items[name], classes),
+                                     help="✓ marks a photo of one of the classes this model can name; the model "
+                                          "names only those, whatever the photo shows.")
         candidates = [(label, _gallery_bytes(label))]
     good: dict[str, tuple[Image.Image, str]] = {}
     errors: list[str] = []
@@ -304,7 +315,7 @@ def sidebar() -> Context | None:
     """Draw the shared controls and return the context, or None when there is no usable image yet."""
     st.sidebar.header("resattn explorer")
     entry, model, meta, notes = _pick_model()
-    chosen = _image_input()
+    chosen = _image_input(meta)
     counts = _module_counts(model)
     stage, index = stage_picker(counts)
     colour_settings()

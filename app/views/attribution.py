@@ -8,7 +8,7 @@ import streamlit as st
 
 from resattn import attribution, maps
 
-from ui import components, faithful_dataset, faithful_panels, state
+from ui import components, faithful_dataset, faithful_panels, predictions, state
 
 st.title("Masks and attributions")
 ctx = components.require_context()
@@ -40,6 +40,7 @@ alpha = c3.slider("Opacity", 0.0, 1.0, step=0.05, key="attr_alpha")
 contrast = components.contrast_picker("attribution", c4)
 st.markdown(f"Explaining class **{ctx.class_name(target)}** (index {target}, p = {data.probs[target]:.3f}) "
             f"at stage {ctx.stage}; the mask is stage {ctx.stage}, module {ctx.index}.")
+predictions.show(ctx.entry, ctx.meta, data.probs)
 
 input_size = tuple(state.model_input(ctx.image, ctx.meta).shape[-2:])
 height, width = ctx.picture.shape[:2]

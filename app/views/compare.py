@@ -11,7 +11,7 @@ import streamlit as st
 import resattn
 from resattn import maps, paper
 
-from ui import components, parts_panels, state
+from ui import components, parts_panels, predictions, state
 
 CONTRASTS = {"shared_fixed": "one fixed scale for the row", "shared_stretch": "one stretched scale for the row",
              "per_model": "stretched per model"}
@@ -39,6 +39,7 @@ st.markdown(f"Image **{ctx.image_name}**, attention **stage {stage}** (mask stat
             + ".")
 
 rows, fig4, thumbs, failures, masks = [], [], [], [], []
+known: dict[str, list[str]] = {}  # each model's class list -> the models that can name exactly those
 progress = st.progress(0.0, text="Comparing models…")
 for number, entry in enumerate(entries, start=1):
     progress.progress((number - 1) / max(len(entries), 1), text=f"Model {number} of {len(entries)}: "
@@ -60,6 +61,8 @@ for number, entry in enumerate(entries, start=1):
         "trained": _budget(entry, meta),
         "top-1": classes[top] if top < len(classes) else f"class {top}",
         "p(top-1)": float(data.probs[top]),
+        "unsure": "yes" if predictions.unsure_text(entry, data.probs) else
+                  ("no" if predictions.calibration(entry) else "not measured"),
     }
     modules = data.stage_modules(stage)
     if modules:
@@ -70,6 +73,7 @@ for number, entry in enumerate(entries, start=1):
         thumbs.append((name, maps.reduce_channels(modules[0]["mask"], "mean"), scale))
         masks.append((entry, meta, name, modules[0]["mask"]))
     rows.append(row)
+    known.setdefault(predictions.classes_line(meta), []).append(name)
     fig4.append({"model": name, **{f"stage {s}": v for s, v in enumerate(data.stage_response, start=1)}})
 progress.empty()
 
@@ -80,11 +84,18 @@ st.dataframe(rows, hide_index=True, column_config={
                                                 "the checkpoint; differences between models trained on different "
                                                 "budgets are not differences between their architectures"),
     "p(top-1)": st.column_config.NumberColumn(format="%.3f"),
+    "unsure": st.column_config.TextColumn(help="Top-1 probability below the model's measured threshold (at most 5% of "
+                                               "its own test images fall below it): the image may show none of the "
+                                               "classes the model knows"),
     "mean mask": st.column_config.NumberColumn(
         format="%.3f", help="Mean of M over every channel and position of the stage's modules"),
     "fraction > 0.5": st.column_config.NumberColumn(
         format="%.3f", help="Share of M's entries (every channel and position) above 0.5; the channel-mean maps "
                             "below average channels first, so few of their positions may exceed 0.5")})
+
+for line, names in known.items():
+    st.caption(f"{', '.join(names)}: {line[0].lower()}{line[1:]}".replace("this model", "these models" if len(names) > 1
+                                                                           else "this model"))
 
 if thumbs:
     st.subheader(f"Stage {stage}, module 1: channel-mean mask per model")

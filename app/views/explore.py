@@ -9,7 +9,7 @@ import streamlit as st
 
 from resattn import maps
 
-from ui import components, parts_panels
+from ui import components, parts_panels, predictions
 
 REDUCTION_NAMES = {"mean": "mean", "max": "max", "channel": "one channel", "topk": "top-k by mask energy"}
 #: Ways to look at the mask alone: its parts, and every channel.
@@ -55,6 +55,7 @@ with right:
         column_config={"probability": st.column_config.ProgressColumn(format="%.3f", min_value=0.0, max_value=1.0)},
         hide_index=True,
     )
+    predictions.show(ctx.entry, ctx.meta, data.probs)
 
 if not data.modules:
     st.info("This model has no attention modules (a plain ResNet baseline): there are no masks to show.")

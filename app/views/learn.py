@@ -8,7 +8,7 @@ import streamlit as st
 from resattn import maps, paper
 from resattn.attention import CHANNEL_EPS, SPATIAL_EPS
 
-from ui import components, faithful_panels, state
+from ui import components, faithful_panels, predictions, state
 
 st.title("Learn: Residual Attention Network (Wang et al., CVPR 2017)")
 start = time.perf_counter()
@@ -147,6 +147,7 @@ if mode != "other" or other is not None:
     top = [int(i) for i in np.argsort(-before)[:5]]
     st.dataframe([{"class": ctx.class_name(i), "before": float(before[i]), "after": float(after[i]),
                    "change": float(after[i] - before[i])} for i in top], hide_index=True)
+    predictions.show(ctx.entry, ctx.meta, before)
     new_top = int(np.argmax(after))
     eps = 1e-12
     kl = float(np.sum(before * (np.log(before + eps) - np.log(after + eps))))

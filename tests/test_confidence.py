@@ -1,0 +1,52 @@
+"""resattn.confidence: the unsure-prediction threshold flags at most its share of the test images, at the
+boundary; an entry is used only for the exact file it was measured on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from resattn import confidence as C
+
+
+def test_the_threshold_flags_at_most_the_share_and_as_many_as_it_may():
+    top = np.linspace(0.1, 1.0, 100)  # 100 distinct probabilities
+    threshold, flagged = C.threshold_for(top, 0.05)
+    assert flagged == pytest.approx(0.05) and np.mean(top < threshold) == flagged
+    assert np.mean(top < np.nextafter(threshold, 2)) > 0.05  # one step higher flags one image too many
+
+
+def test_ties_at_the_threshold_are_not_flagged_beyond_the_share():
+    top = np.array([0.2] * 10 + [0.9] * 90)  # 10% share one value
+    threshold, flagged = C.threshold_for(top, 0.05)
+    assert flagged <= 0.05 and threshold == 0.2  # flagging the tie would flag 10%
+
+
+def test_bad_inputs_are_refused():
+    with pytest.raises(ValueError, match="no probabilities"):
+        C.threshold_for(np.array([]))
+    with pytest.raises(ValueError, match="flagged"):
+        C.threshold_for(np.array([0.5]), 1.0)
+
+
+def test_an_entry_is_used_only_for_the_file_it_was_measured_on(tmp_path):
+    entry = C.Calibration("m.safetensors", "abc", 0.5, 0.05, 100, "test split (100 images)", "python …")
+    C.save_calibration(tmp_path / C.FILE_NAME, entry)
+    C.save_calibration(tmp_path / C.FILE_NAME, C.Calibration("n.safetensors", "def", 0.3, 0.04, 50, "x", "y"))
+    assert C.calibration_for(tmp_path / "m.safetensors", "abc") == entry
+    assert C.calibration_for(tmp_path / "m.safetensors", "retrained") is None
+    assert C.calibration_for(tmp_path / "other.safetensors", "abc") is None
+    assert set(C.load_calibrations(tmp_path / C.FILE_NAME)) == {"m.safetensors", "n.safetensors"}
+    assert entry.unsure(0.49) and not entry.unsure(0.5)
+
+
+def test_every_shipped_checkpoint_has_a_threshold_for_its_own_file():
+    from pathlib import Path
+
+    import resattn
+
+    folder = Path(__file__).resolve().parents[1] / "checkpoints"
+    for path in sorted(folder.glob("*.safetensors")):
+        found = C.calibration_for(path, resattn.file_hash(path))
+        assert found is not None, f"{path.name}: run scripts/calibrate_confidence.py"
+        assert 0 < found.threshold < 1 and found.flagged <= C.FLAGGED and found.images > 1000

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import hashlib
-import inspect
 import os
 import re
 import secrets
@@ -49,14 +48,8 @@ def cookie_token() -> str | None:
 
 def _set_cookie(token: str) -> None:
     """Ask the browser to keep ``token`` for a year (a script, since Streamlit cannot set cookies itself)."""
-    script = (f"<script>(window.parent || window).document.cookie = '{COOKIE}={token}; path=/; "
-              "max-age=31536000; SameSite=Strict';</script>")
-    if "unsafe_allow_javascript" in inspect.signature(st.html).parameters:
-        st.html(script, unsafe_allow_javascript=True)
-    else:  # older Streamlit: st.html never runs scripts, a component iframe does
-        import streamlit.components.v1 as components
-
-        components.html(script, height=0)
+    st.html(f"<script>document.cookie = '{COOKIE}={token}; path=/; max-age=31536000; SameSite=Strict';</script>",
+            unsafe_allow_javascript=True)
 
 
 def browser_owner() -> str:

@@ -181,3 +181,10 @@ def test_a_check_apart_refuses_as_the_check_does_and_stops_at_its_time_limit(tmp
     with pytest.raises(ArchiveError, match="took over 0.5 s"):
         archive.extract_dataset_apart(good, tmp_path / "slow", timeout_s=0.5)  # the child needs seconds to start
     assert not (tmp_path / "slow").exists()
+
+
+def test_one_members_bytes_are_bounded_at_the_limit(tmp_path):
+    upload, _ = _sized_members(tmp_path)  # four 400-byte members
+    assert len(check_zip(upload, Limits(max_member_bytes=400))[0]) == 4  # exactly the limit
+    with pytest.raises(ArchiveError, match="is 400 bytes uncompressed, over the 399-byte limit for one file"):
+        check_zip(upload, Limits(max_member_bytes=399))

@@ -21,7 +21,7 @@ torch; ``resattn.train``, ``.checkpoint`` and ``.archive`` are imported lazily, 
 * :mod:`.uploads` — an uploaded zip's way into a job (staged, checked in a child process), stale staging removed;
 * :mod:`.schedule` — reconcile: record jobs whose supervisor is gone, start queued ones;
 * :mod:`.manager` — :class:`JobManager`: submit, list, cancel, and reconcile the records with the processes;
-* :mod:`.access` — who may submit and cancel (passphrase, per-session queue cap);
+* :mod:`.access` — who may submit and cancel (passphrase, queue places per browser and on the server);
 * :mod:`.cli` — the command line (``__main__`` runs it).
 """
 

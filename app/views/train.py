@@ -256,7 +256,8 @@ def masks(job: jobs.Job, files: list[Path]) -> None:
     modules = sorted((k for k in first if k.startswith("stage")),
                      key=lambda k: tuple(int(v) for v in k.removeprefix("stage").split("_module")))
     names = job_classes(job)
-    name = lambda i: html.escape(names[i]) if 0 <= i < len(names) else f"class {i}"  # noqa: E731
+    name = lambda i: names[i] if 0 <= i < len(names) else f"class {i}"  # noqa: E731
+    shown = lambda i: html.escape(name(i))  # noqa: E731 - plotly titles read a little HTML: class names are text
     c1, c2, c3 = st.columns(3)
     image = c1.selectbox("Probe image", range(len(first["labels"])), key=f"train_probe_image_{job.id}",
                          format_func=lambda i: f"image {i + 1} ({name(int(first['labels'][i]))})")
@@ -272,10 +273,10 @@ def masks(job: jobs.Job, files: list[Path]) -> None:
     low, high = float(min(a.min() for a in maps)), float(max(a.max() for a in maps))
     if high - low < 1e-9:
         low, high = low - 0.5, high + 0.5
-    titles = [f"probe: {name(int(first['labels'][image]))}"]
+    titles = [f"probe: {shown(int(first['labels'][image]))}"]
     for e in (0, epoch):
         s = snaps[e]
-        titles.append(f"epoch {e}{' (base)' if e == 0 else ''}: says {name(int(s['predictions'][image]))} "
+        titles.append(f"epoch {e}{' (base)' if e == 0 else ''}: says {shown(int(s['predictions'][image]))} "
                       f"({float(s['probabilities'][image]):.0%})")
     fig = make_subplots(rows=1, cols=3, subplot_titles=titles, horizontal_spacing=0.04)
     fig.add_trace(go.Image(z=snaps[epoch]["images"][image]), row=1, col=1)

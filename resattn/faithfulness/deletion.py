@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..maps import upsample
-from .saliency import CONTROLS, DELETION_MAPS, MAP_NAMES, derangement, evaluating, saliency_maps
+from .saliency import CONTROLS, DELETION_MAPS, MAP_NAMES, REFERENCE_CONTROLS, derangement, evaluating, saliency_maps
 from .stats import PairedDifference, paired_difference
 
 __all__ = [
@@ -241,11 +241,11 @@ class DatasetFaithfulness:
                  f"{s.get('target')}, deletion baseline 0 = the mean colour (also Integrated Gradients' baseline), "
                  f"insertion from a blur with σ = {s.get('blur_sigma'):.3g} px, maps at stage {s.get('stage')}, "
                  f"module {s.get('index')}; controls made from {MAP_NAMES.get(s.get('reference', 'mask'))})",
-                 f"{'map':28s} {'deletion AUC (lower is better)':>32s} {'insertion AUC (higher is better)':>34s}"]
+                 f"{'map':32s} {'deletion AUC (lower is better)':>32s} {'insertion AUC (higher is better)':>34s}"]
         for name, row in self.summary().items():
             cells = [f"{row[f'{k}_mean']:.4f} ± {row[f'{k}_std']:.4f} ({row[f'{k}_sem']:.4f})"
                      for k in ("deletion", "insertion")]
-            lines.append(f"{_name(name, s):28s} {cells[0]:>32s} {cells[1]:>34s}")
+            lines.append(f"{_name(name, s):32s} {cells[0]:>32s} {cells[1]:>34s}")
         lines.append("mean ± standard deviation (standard error of the mean) over images")
         return "\n".join(lines)
 
@@ -253,7 +253,7 @@ class DatasetFaithfulness:
 def _name(name: str, settings: Mapping[str, Any]) -> str:
     """A map's display name; a control made from the reference says so when the reference is not the mask."""
     reference = settings.get("reference", "mask")
-    if name in ("other", "inverted", "smooth_random") and reference != "mask":
+    if name in REFERENCE_CONTROLS and reference != "mask":
         return f"{MAP_NAMES[name]} ({reference})"
     return MAP_NAMES.get(name, name)
 

@@ -10,6 +10,7 @@ runs in which a widget is not drawn (``keep_widget_state``), so controls and map
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from dataclasses import dataclass, field
@@ -137,9 +138,15 @@ def decode(data: bytes, name: str) -> tuple[Image.Image, str]:
     return image, images.image_hash(image)
 
 
-@st.cache_resource(show_spinner=False)
 def _gallery_items() -> dict[str, images.GalleryItem]:
-    return {f"{item.label} [{item.source}]": item for item in images.gallery()}
+    """The gallery, with the samples of ``RESATTN_GALLERY_DATA`` when it is set (cached per setting, so a changed
+    setting is never answered with another setting's photos)."""
+    return _gallery_for(os.environ.get("RESATTN_GALLERY_DATA") or "")
+
+
+@st.cache_resource(show_spinner=False)
+def _gallery_for(dataset: str) -> dict[str, images.GalleryItem]:
+    return {f"{item.label} [{item.source}]": item for item in images.gallery(dataset or None)}
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

@@ -40,6 +40,7 @@ st.markdown(f"Image **{ctx.image_name}**, attention **stage {stage}** (mask stat
 
 rows, fig4, thumbs, failures, masks = [], [], [], [], []
 known: dict[str, list[str]] = {}  # each model's class list -> the models that can name exactly those
+unsure: list[str] = []  # models whose top-1 probability is below their measured threshold
 progress = st.progress(0.0, text="Comparing models…")
 for number, entry in enumerate(entries, start=1):
     progress.progress((number - 1) / max(len(entries), 1), text=f"Model {number} of {len(entries)}: "
@@ -61,8 +62,6 @@ for number, entry in enumerate(entries, start=1):
         "trained": _budget(entry, meta),
         "top-1": classes[top] if top < len(classes) else f"class {top}",
         "p(top-1)": float(data.probs[top]),
-        "unsure": "yes" if predictions.unsure_text(entry, data.probs) else
-                  ("no" if predictions.calibration(entry) else "not measured"),
     }
     modules = data.stage_modules(stage)
     if modules:
@@ -74,6 +73,8 @@ for number, entry in enumerate(entries, start=1):
         masks.append((entry, meta, name, modules[0]["mask"]))
     rows.append(row)
     known.setdefault(predictions.classes_line(meta), []).append(name)
+    if predictions.unsure_text(entry, data.probs):
+        unsure.append(f"{name} (p = {float(data.probs[top]):.2f}, below {predictions.calibration(entry).threshold:.2f})")
     fig4.append({"model": name, **{f"stage {s}": v for s, v in enumerate(data.stage_response, start=1)}})
 progress.empty()
 
@@ -84,15 +85,16 @@ st.dataframe(rows, hide_index=True, column_config={
                                                 "the checkpoint; differences between models trained on different "
                                                 "budgets are not differences between their architectures"),
     "p(top-1)": st.column_config.NumberColumn(format="%.3f"),
-    "unsure": st.column_config.TextColumn(help="Top-1 probability below the model's measured threshold (at most 5% of "
-                                               "its own test images fall below it): the image may show none of the "
-                                               "classes the model knows"),
     "mean mask": st.column_config.NumberColumn(
         format="%.3f", help="Mean of M over every channel and position of the stage's modules"),
     "fraction > 0.5": st.column_config.NumberColumn(
         format="%.3f", help="Share of M's entries (every channel and position) above 0.5; the channel-mean maps "
                             "below average channels first, so few of their positions may exceed 0.5")})
 
+if unsure:
+    st.warning("This image may show none of the classes these models know: their top prediction is unsure: "
+               + "; ".join(unsure) + ". (At most 5% of each model's own test images get a top-1 probability that "
+               "low.)", icon=":material/help:")
 for line, names in known.items():
     st.caption(f"{', '.join(names)}: {line[0].lower()}{line[1:]}".replace("this model", "these models" if len(names) > 1
                                                                            else "this model"))

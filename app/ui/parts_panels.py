@@ -202,8 +202,8 @@ def _examples(ctx: Any, found: P.MaskParts, part: int) -> None:
     with st.spinner(f"Masks of {EXAMPLE_IMAGES} images of {name}…"):
         masks, pictures, names = dataset_module_masks(ctx.entry.key, dataset_tools.source_key(name, path), path,
                                                       ctx.stage, ctx.index, EXAMPLE_IMAGES, ctx.model, ctx.meta)
-    index, scores = P.dataset_examples(P.part_images(found, masks, part=part), count=6)
     weighted = P.part_images(found, masks, part=part)
+    index, scores = P.dataset_examples(weighted, count=6)
     side = 240
     for first in range(0, len(index), 3):  # rows of three, in rank order
         for column, i, score in zip(st.columns(3), index[first:first + 3], scores[first:first + 3]):

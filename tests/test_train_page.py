@@ -149,3 +149,36 @@ def test_a_session_cancels_only_its_own_jobs(train_env, monkeypatch):
     assert not at.exception, [e.value for e in at.exception]
     assert jobs.JobManager(train_env, max_running=0).get(2).state == "cancelled"
     assert jobs.JobManager(train_env, max_running=0).get(other.id).state == "queued"
+
+
+def shown_job(at: AppTest, before: str | None = None) -> str:
+    """The Job dropdown's label as a browser shows it: the value the server last sent (``set_value``), else the
+    label the browser already held (``before``), else the default option the widget was created with."""
+    box = at.selectbox(key="train_job")
+    if box.proto.set_value:
+        return box.proto.raw_value
+    return before if before is not None else box.options[box.proto.default]
+
+
+def test_the_job_dropdown_follows_the_jobs_state(train_env, monkeypatch):
+    from resattn import jobs
+
+    monkeypatch.setenv("RESATTN_JOBS_MAX_RUNNING", "0")  # jobs stay queued until the test changes them
+    manager = jobs.JobManager(train_env)
+    first = manager.submit(["--data", "tiny", "--epochs", "1"], owner="cli")
+    manager.submit(["--data", "tiny", "--epochs", "1"], owner="cli")  # a newer job: the default choice
+    at = train_page()
+    at.selectbox(key="train_job").set_value(first.id).run()
+    box = at.selectbox(key="train_job")
+    label = box.options[box.index]  # what the user clicked
+    assert label == f"job {first.id} · queued"
+    with manager.store.transaction() as conn:
+        manager.store.update(conn, first.id, state="succeeded", ended=time.time())
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert f"Job {first.id}: **succeeded**" in at.get("progress")[0].proto.text  # the bar under the dropdown
+    assert at.selectbox(key="train_job").value == first.id  # still the job the user chose
+    label = shown_job(at, label)
+    assert label == f"job {first.id} · succeeded"
+    at.run()  # nothing changed: the server does not send the value again, the browser keeps the new label
+    assert not at.selectbox(key="train_job").proto.set_value and shown_job(at, label) == label

@@ -352,11 +352,16 @@ def jobs_panel() -> None:
     st.dataframe(rows, hide_index=True, column_config={
         "progress": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="percent"),
         "what": st.column_config.TextColumn(width="large")})
-    ids = [j.id for j in listed]
-    if st.session_state.get("train_job") not in ids:
-        st.session_state["train_job"] = ids[0]
-    chosen = st.selectbox("Job", ids, key="train_job",
-                          format_func=lambda i: f"job {i} · {next(j for j in listed if j.id == i).state}")
+    labels = {j.id: f"job {j.id} · {j.state}" for j in listed}
+    current = st.session_state.get("train_job")
+    if current not in labels:
+        st.session_state["train_job"] = next(iter(labels))
+    elif st.session_state.get("_train_job_labels", {}).get(current, labels[current]) != labels[current]:
+        # The browser keeps the label it was last sent ("job 3 · running") until the server sends the value
+        # again; setting it anew sends the label of the job's state now.
+        st.session_state["train_job"] = current
+    st.session_state["_train_job_labels"] = labels
+    chosen = st.selectbox("Job", list(labels), key="train_job", format_func=labels.__getitem__)
     job_details(next(j for j in listed if j.id == chosen))
     refreshing = f"; refreshing every {REFRESH_S:g} s while a job is queued or running."
     st.caption(f"Updated {time.strftime('%H:%M:%S')}" + (refreshing if any(j.active for j in listed) else "."))

@@ -2,8 +2,9 @@
 
 Everything a user can hand us goes through :func:`load_image`: it reads only formats we expect, refuses
 decompression bombs *before* decoding, applies the EXIF orientation, converts every mode (greyscale, palette,
-RGBA, CMYK, 16-bit) to 8-bit RGB, takes the first frame of an animation and downscales very large images. Any
-way a file can be wrong raises :class:`ImageError` with a message a user can act on.
+RGBA, CMYK, 16-bit) to 8-bit RGB, takes the first frame of an animation (and says so: :func:`image_notes`) and
+downscales very large images. Any way a file can be wrong, too small or too large included, raises
+:class:`ImageError` with a plain sentence a user can act on.
 
 The offline gallery lists sample photos that ship inside installed packages (scikit-image, scikit-learn,
 matplotlib) and, when ``RESATTN_GALLERY_DATA`` names a dataset folder or zip with a ``test/`` or ``val/`` split,
@@ -15,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import warnings
 import zipfile
 from collections.abc import Callable, Sequence
@@ -35,7 +37,9 @@ __all__ = [
     "MAX_BYTES",
     "MAX_PIXELS",
     "MAX_SIDE",
+    "MIN_SIDE",
     "load_image",
+    "image_notes",
     "image_size",
     "image_hash",
     "fit_to_input",
@@ -54,12 +58,40 @@ MAX_BYTES = 50 * 1024 * 1024
 MAX_PIXELS = 64_000_000
 #: Images are downscaled so that their longer side is at most this many pixels before anything else.
 MAX_SIDE = 1024
+#: Smallest shorter side (pixels) of an image we accept. The smallest model input is 32×32, so a smaller picture
+#: is blown up before the model sees it; below 8 pixels each of its pixels becomes a block of 4×4 input pixels or
+#: more, and there is nothing left to recognise or for a mask to point at. 8 still takes icons and thumbnails.
+MIN_SIDE = 8
+#: Key in ``Image.info`` under which :func:`load_image` leaves its notes (see :func:`image_notes`).
+NOTES_KEY = "resattn_notes"
 #: Largest zip member the gallery reads from a dataset archive.
 MAX_MEMBER_BYTES = 8 * 1024 * 1024
 
 
 class ImageError(ValueError):
     """A file cannot be used as an image; the message says why."""
+
+
+def _megapixels(pixels: float) -> str:
+    """A pixel count in megapixels as a teacher reads it aloud: 3,600 / 64 / 1.5 / 0.01."""
+    return f"{pixels / 1e6:,.0f}" if pixels >= 10e6 else f"{pixels / 1e6:.2g}"
+
+
+def _too_many_pixels(name: str, pixels: int, limit: int, size: tuple[int, int] | None = None) -> ImageError:
+    """The refusal of an image with more than ``limit`` pixels, in one plain sentence."""
+    what = f"is {size[0]}×{size[1]} pixels ({_megapixels(pixels)} megapixels)" if size else \
+        f"has {pixels:,} pixels ({_megapixels(pixels)} megapixels)"
+    return ImageError(f"{name} {what}, over the {_megapixels(limit)}-megapixel limit. It was refused before its "
+                      "pixels were read, because decoding so many pixels could fill the server's memory (a file "
+                      "like this can be a decompression bomb).")
+
+
+def _bomb(name: str, exc: Exception, max_pixels: int) -> ImageError:
+    """Pillow's decompression-bomb refusal (``Image size (N pixels) exceeds limit of L pixels, …``) as
+    :func:`_too_many_pixels` says it: the pixel count and the lower of Pillow's limit and ours."""
+    counts = [int(n) for n in re.findall(r"(\d+) pixels", str(exc))]
+    pixels = counts[0] if counts else max_pixels + 1
+    return _too_many_pixels(name, pixels, min([max_pixels, *counts[1:2]]))
 
 
 def _open(data: bytes, name: str, max_pixels: int) -> Image.Image:
@@ -73,7 +105,7 @@ def _open(data: bytes, name: str, max_pixels: int) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"{name} is refused as a decompression bomb: {exc}") from exc
+        raise _bomb(name, exc, max_pixels) from exc
     except UnidentifiedImageError as exc:
         raise ImageError(f"{name} is not an image, or its format is not recognised") from exc
     except (OSError, ValueError, SyntaxError) as exc:
@@ -86,11 +118,18 @@ def _open(data: bytes, name: str, max_pixels: int) -> Image.Image:
     if width < 1 or height < 1:
         raise ImageError(f"{name} has no pixels ({width}×{height})")
     if width * height > max_pixels:
-        raise ImageError(
-            f"{name} is {width}×{height} = {width * height / 1e6:.0f} megapixels, over the "
-            f"{max_pixels / 1e6:.0f}-megapixel limit (a possible decompression bomb); it was not decoded"
-        )
+        raise _too_many_pixels(name, width * height, max_pixels, (width, height))
     return image
+
+
+def _frames_note(image: Image.Image, name: str) -> str | None:
+    """The note for a file of several frames (an animation, a multi-page TIFF), of which only the first is used;
+    None for one frame. An MPO's further frames are the camera's previews, not pictures: no note."""
+    frames = getattr(image, "n_frames", 1) if image.format != "MPO" else 1
+    if frames <= 1:
+        return None
+    what = f"has {frames} pages" if image.format == "TIFF" else f"is animated ({frames} frames)"
+    return f"{name} {what}: only its first {'page' if image.format == 'TIFF' else 'frame'} is shown and used."
 
 
 def _to_8bit(array: np.ndarray) -> np.ndarray:
@@ -135,7 +174,9 @@ def load_image(
 ) -> Image.Image:
     """Read an image file (bytes or path) safely and return it as 8-bit RGB, oriented and at most ``max_side``.
 
-    Raises :class:`ImageError` for empty, oversized, corrupt, truncated, non-image and unsupported files.
+    Raises :class:`ImageError` for empty, oversized, corrupt, truncated, non-image and unsupported files, and for
+    images under :data:`MIN_SIDE` pixels on their shorter side. What the caller should tell the user about an image
+    it accepted (only the first frame of an animation is used) is read with :func:`image_notes`.
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
         data, name = bytes(source), name or "the file"
@@ -148,7 +189,12 @@ def load_image(
             raise ImageError(f"{name} is larger than {MAX_BYTES // 2**20} MiB")
         data = path.read_bytes()
     image = _open(data, name, max_pixels)
+    if min(image.size) < MIN_SIDE:
+        width, height = image.size
+        raise ImageError(f"{name} is only {width}×{height} pixels, too small to show anything: an image needs at "
+                         f"least {MIN_SIDE} pixels on each side (the models look at 32×32 pixels or more).")
     try:
+        note = _frames_note(image, name)
         image.seek(0)  # first frame of a GIF / multi-page TIFF
         if image.format in ("JPEG", "MPO"):
             image.draft("RGB", (max_side, max_side))  # decode big JPEGs at a reduced scale directly
@@ -159,11 +205,22 @@ def load_image(
         image = _to_rgb(image)
     except ImageError:
         raise
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombWarning) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _bomb(name, exc, max_pixels) from exc
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageError(f"{name} is truncated or corrupt: {exc}") from exc
     if max(image.size) > max_side:
         image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    if note:
+        image.info[NOTES_KEY] = (note,)
     return image
+
+
+def image_notes(image: Image.Image) -> tuple[str, ...]:
+    """What a page should tell the user about an image :func:`load_image` accepted, one sentence each (empty for
+    most images): e.g. that an animated GIF is used by its first frame only. The notes travel in ``image.info``,
+    so they survive Streamlit's caching of the decoded image."""
+    return tuple(image.info.get(NOTES_KEY, ()))
 
 
 def image_size(data: bytes, name: str = "the file", *, max_pixels: int = MAX_PIXELS) -> tuple[int, int]:

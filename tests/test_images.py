@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import pickle
 import zipfile
 
 import numpy as np
@@ -11,9 +12,9 @@ import torch
 from PIL import Image
 
 try:  # tests/ may or may not be a package
-    from .imagefiles import bad_files, encode, photo, single_thread  # noqa: F401 - single_thread is an autouse fixture
+    from .imagefiles import bad_files, encode, photo, png_bomb, single_thread  # noqa: F401 - an autouse fixture
 except ImportError:
-    from imagefiles import bad_files, encode, photo, single_thread  # noqa: F401
+    from imagefiles import bad_files, encode, photo, png_bomb, single_thread  # noqa: F401
 from resattn import images
 from resattn.images import ImageError
 
@@ -41,9 +42,9 @@ def test_16_bit_keeps_relative_intensity():
 
 
 def test_transparency_is_composited_on_white():
-    rgba = Image.new("RGBA", (4, 4), (255, 0, 0, 0))  # fully transparent red
+    rgba = Image.new("RGBA", (8, 8), (255, 0, 0, 0))  # fully transparent red
     assert np.asarray(images.load_image(encode(rgba)))[0, 0].tolist() == [255, 255, 255]
-    palette = Image.new("P", (4, 4), 0)
+    palette = Image.new("P", (8, 8), 0)
     palette.putpalette([0, 0, 0] * 256)
     palette.info["transparency"] = 0
     assert np.asarray(images.load_image(encode(palette, transparency=0)))[0, 0].tolist() == [255, 255, 255]
@@ -56,12 +57,47 @@ def test_exif_orientation_is_applied():
     assert images.load_image(data).size == (20, 40)
 
 
-def test_gif_first_frame():
-    frames = [Image.new("RGB", (8, 8), (255, 0, 0)), Image.new("RGB", (8, 8), (0, 0, 255))]
+def several_frames(fmt: str, count: int = 3) -> bytes:
+    """A file of ``count`` frames (red, then shades of blue): an animation, or pages of a TIFF."""
+    frames = [Image.new("RGB", (8, 8), (255, 0, 0))] + [Image.new("RGB", (8, 8), (0, 0, 255 - 40 * i))
+                                                        for i in range(count - 1)]
     buffer = io.BytesIO()
-    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
-    first = np.asarray(images.load_image(buffer.getvalue()))[0, 0]
+    frames[0].save(buffer, format=fmt, save_all=True, append_images=frames[1:])
+    return buffer.getvalue()
+
+
+def test_gif_first_frame_is_used_and_the_user_is_told():
+    loaded = images.load_image(several_frames("GIF"), "wave.gif")
+    first = np.asarray(loaded)[0, 0]
     assert first[0] > 200 and first[2] < 50
+    assert images.image_notes(loaded) == ("wave.gif is animated (3 frames): only its first frame is shown and used.",)
+    # the note travels with the image through Streamlit's cache (which pickles what it stores)
+    assert images.image_notes(pickle.loads(pickle.dumps(loaded))) == images.image_notes(loaded)
+
+
+@pytest.mark.parametrize(("fmt", "says"), [("PNG", "animated (2 frames)"), ("WEBP", "animated (2 frames)"),
+                                           ("TIFF", "has 2 pages: only its first page")])
+def test_every_multi_frame_format_gets_a_note(fmt, says):
+    notes = images.image_notes(images.load_image(several_frames(fmt, 2), f"x.{fmt.lower()}"))
+    assert len(notes) == 1 and says in notes[0] and notes[0].startswith(f"x.{fmt.lower()} ")
+
+
+def test_a_single_frame_image_has_no_note():
+    assert images.image_notes(images.load_image(encode(photo(32, 32)), "x.png")) == ()
+    assert images.image_notes(images.load_image(encode(photo(32, 32), "GIF"), "x.gif")) == ()
+
+
+@pytest.mark.parametrize("size", [(1, 1), (7, 300), (300, 7)])
+def test_a_tiny_image_is_refused_with_its_size_and_the_minimum(size):
+    with pytest.raises(ImageError) as info:
+        images.load_image(encode(photo(*size)), "dot.png")
+    message = str(info.value)
+    assert f"dot.png is only {size[0]}×{size[1]} pixels" in message
+    assert f"at least {images.MIN_SIDE} pixels on each side" in message
+
+
+def test_the_smallest_accepted_image():
+    assert images.load_image(encode(photo(images.MIN_SIDE, images.MIN_SIDE))).size == (8, 8)
 
 
 def test_large_images_are_downscaled():
@@ -86,8 +122,21 @@ def test_oversized_file_is_refused(monkeypatch):
 
 
 def test_pixel_limit_is_checked_before_decoding():
-    with pytest.raises(ImageError, match="megapixel"):
+    with pytest.raises(ImageError) as info:
         images.load_image(encode(photo(200, 200)), "x.png", max_pixels=10_000)
+    assert str(info.value).startswith("x.png is 200×200 pixels (0.04 megapixels), over the 0.01-megapixel limit.")
+
+
+@pytest.mark.parametrize(("side", "pixels"), [(60_000, "3,600,000,000 pixels (3,600 megapixels)"),  # Pillow: error
+                                              (10_000, "100,000,000 pixels (100 megapixels)")])  # Pillow: warning
+def test_pillows_bomb_refusal_becomes_a_plain_sentence(side, pixels):
+    with pytest.raises(ImageError) as info:
+        images.load_image(png_bomb(side, side), "bomb.png")
+    message = str(info.value)
+    assert message.startswith(f"bomb.png has {pixels}, over the 64-megapixel limit.")
+    assert "decompression bomb" in message and "DOS" not in message and "exceeds" not in message
+    with pytest.raises(ImageError, match="over the 64-megapixel limit"):
+        images.image_size(png_bomb(side, side), "bomb.png")  # the header-only reader says the same
 
 
 def test_to_tensor_normalises_with_meta():

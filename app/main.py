@@ -28,6 +28,7 @@ PAGES = [
 ]
 
 page = st.navigation(PAGES)
+components.style()
 components.keep_widget_state()
 st.session_state.pop("_context", None)
 components.sidebar()

@@ -7,13 +7,15 @@ never draws a meaningless map as if it meant something.
 Colour scales (:func:`scale_for`) come in two contrasts, and a :class:`Scale` always says which one it is:
 
 * ``fixed`` — the natural scale of the quantity: [0, 1] for sigmoid masks (mixed and spatial attention),
-  [−1, 1] for channel attention (f2), symmetric around 0 for trunk features T and outputs H (±max |x|), and
-  [0, max] or ±max |x| for attributions; so a mask of 0.5 everywhere looks like 0.5, not like contrast.
-* ``stretch`` — the map's own 1st–99th percentile (kept symmetric around 0 for diverging quantities), which
+  [−1, 1] for channel attention (f2), and for trunk features T, outputs H and attributions 0–max, min–0 or
+  ±max |x|, as the map's sign; so a mask of 0.5 everywhere looks like 0.5, not like contrast.
+* ``stretch`` — the map's own 1st–99th percentile (symmetric around 0 when the map has both signs), which
   shows structure in a mask that only spans 0.42–0.52, and is labelled as stretched on the colorbar.
 
-One colormap per quantity (:data:`DEFAULT_CMAPS`: mask, feature, attribution) is used for every panel of that
-quantity; :func:`colorbar` draws the numeric scale that goes with each picture.
+The scale follows the sign the data has, and so does the colormap (:func:`cmap_for`): a scale centred on 0 is
+drawn with a diverging colormap, a one-sided one with a sequential colormap. One colormap per quantity
+(:data:`DEFAULT_CMAPS`: mask, feature, attribution) is used for every panel of that quantity where its kind fits;
+:func:`colorbar` draws the numeric scale that goes with each picture.
 """
 
 from __future__ import annotations
@@ -38,7 +40,10 @@ __all__ = [
     "DEFAULT_CMAPS",
     "CMAPS",
     "Scale",
+    "sign_of",
     "scale_for",
+    "DIVERGING_CMAPS",
+    "cmap_for",
     "colorbar",
     "with_colorbar",
     "enlarge_nearest",
@@ -194,13 +199,32 @@ class Scale:
 _NATURAL = {
     "mask": "fixed scale 0–1 (sigmoid mask)",
     "channel_mask": "fixed scale −1–1 (channel attention f2)",
-    "feature": "fixed scale: symmetric around 0 (±max |x|)",
-    "attribution": "fixed scale: 0–max, or symmetric around 0 if signed",
+    "feature": "fixed scale: 0–max, max–0 or symmetric around 0, as the map's sign",
+    "attribution": "fixed scale: 0–max, max–0 or symmetric around 0, as the map's sign",
 }
 
 
+def sign_of(values: np.ndarray) -> Literal["both", "positive", "negative"]:
+    """Which signs the finite ``values`` take: ``both`` when some are below 0 and some above, ``negative`` when
+    none is above 0 (and some below), else ``positive`` (zeros count as positive)."""
+    a = np.asarray(values, dtype=np.float64)
+    a = a[np.isfinite(a)]
+    if a.size == 0:
+        return "positive"
+    low, high = float(a.min()), float(a.max())
+    if low < 0 < high:
+        return "both"
+    return "negative" if low < 0 else "positive"
+
+
 def scale_for(values: np.ndarray, quantity: Quantity, contrast: Contrast = "fixed") -> Scale:
-    """The colour scale of a map of ``quantity`` under ``contrast`` (see the module docstring)."""
+    """The colour scale of a map of ``quantity`` under ``contrast`` (see the module docstring).
+
+    The scale follows the sign the data has: a map with both signs gets a scale centred on 0 (diverging), an
+    all-positive map 0–max (or its percentiles) and an all-negative one min–0, so a one-sided map uses the whole
+    colour range. The fixed natural scales of masks are the exception: [0, 1] for sigmoid masks and [−1, 1] for
+    channel attention, whatever one map's values, so 0.5 everywhere looks like 0.5, not like contrast.
+    """
     if contrast not in CONTRASTS:
         raise ValueError(f"contrast must be one of {CONTRASTS}, got {contrast!r}")
     if quantity not in _NATURAL:
@@ -209,17 +233,19 @@ def scale_for(values: np.ndarray, quantity: Quantity, contrast: Contrast = "fixe
     a = a[np.isfinite(a)]
     if a.size == 0:
         return Scale(0.0, 1.0, False, contrast, "no finite values")
-    signed = quantity == "channel_mask" or quantity == "feature" or (quantity == "attribution" and a.min() < 0)
+    sign = sign_of(a)
     if contrast == "fixed":
         if quantity == "mask":
             return Scale(0.0, 1.0, False, "fixed", _NATURAL[quantity])
         if quantity == "channel_mask":
             return Scale(-1.0, 1.0, True, "fixed", _NATURAL[quantity])
         bound = float(np.abs(a).max()) or 1.0
-        if signed:
+        if sign == "both":
             return Scale(-bound, bound, True, "fixed", f"fixed scale: symmetric around 0, ±{bound:.3g} (±max |x|)")
-        return Scale(0.0, bound, False, "fixed", f"fixed scale: 0–{bound:.3g} (0 to max)")
-    if signed:
+        if sign == "negative":
+            return Scale(-bound, 0.0, False, "fixed", f"fixed scale: {-bound:.3g}–0 (min to 0; every value ≤ 0)")
+        return Scale(0.0, bound, False, "fixed", f"fixed scale: 0–{bound:.3g} (0 to max; every value ≥ 0)")
+    if sign == "both":
         bound = float(np.percentile(np.abs(a), 99)) or float(np.abs(a).max()) or 1.0
         return Scale(-bound, bound, True, "stretch",
                      f"stretched to this map: ±{bound:.3g} (99th percentile of |x|), 0 at the centre")
@@ -227,6 +253,25 @@ def scale_for(values: np.ndarray, quantity: Quantity, contrast: Contrast = "fixe
     if high <= low:
         low, high = float(a.min()), float(a.max()) if a.max() > a.min() else float(a.min()) + 1e-6
     return Scale(low, high, False, "stretch", f"stretched to this map's 1st–99th percentile: {low:.3g}–{high:.3g}")
+
+
+#: Colormaps centred on a neutral middle colour: only these are used on a scale centred on 0, and never on a
+#: one-sided one (where their white middle would read as zero).
+DIVERGING_CMAPS = frozenset({"RdBu_r", "RdBu", "coolwarm", "PuOr_r", "PuOr", "bwr", "seismic", "RdYlBu_r"})
+#: What replaces a chosen colormap whose kind does not fit the scale: diverging for signed maps, and one
+#: sequential map per quantity for one-sided ones.
+FALLBACK_CMAPS: dict[str, str] = {"diverging": "RdBu_r", "mask": "viridis", "channel_mask": "viridis",
+                                  "feature": "magma", "attribution": "inferno"}
+
+
+def cmap_for(scale: Scale, chosen: str | None, quantity: Quantity) -> str:
+    """The colormap to draw ``scale`` with: ``chosen`` (default: the quantity's) when its kind fits the scale
+    (diverging for a scale centred on 0, sequential otherwise), else the fitting fallback, so the sign of a map
+    can always be read from its colours."""
+    chosen = chosen or DEFAULT_CMAPS["mask" if quantity == "channel_mask" else quantity]
+    if (chosen in DIVERGING_CMAPS) == scale.diverging:
+        return chosen
+    return FALLBACK_CMAPS["diverging"] if scale.diverging else FALLBACK_CMAPS[quantity]
 
 
 def value_range(stats: MapStats, kind: Literal["auto", "mask", "channel_mask"] = "auto") -> tuple[float, float, bool]:
@@ -272,6 +317,12 @@ def _tick(value: float) -> str:
     return f"{value:.3g}"  # ASCII minus: Pillow's built-in font has no U+2212
 
 
+def ticks(scale: Scale) -> tuple[str, str, str]:
+    """The numbers at the ends and the middle of a colorbar (the middle is exactly 0 on a diverging scale)."""
+    middle = 0.0 if scale.diverging else (scale.low + scale.high) / 2
+    return _tick(scale.low), _tick(middle), _tick(scale.high)
+
+
 def colorbar(scale: Scale, cmap: str, width: int, height: int = 14, font_size: int = 12) -> np.ndarray:
     """A horizontal colorbar for ``scale`` as an H×W×3 uint8 picture: the gradient, then the numbers at the
     ends and the middle, and "stretched" when the scale is the map's own percentiles."""
@@ -284,10 +335,9 @@ def colorbar(scale: Scale, cmap: str, width: int, height: int = 14, font_size: i
     canvas.paste(Image.fromarray(gradient), (0, 0))
     draw = ImageDraw.Draw(canvas)
     font = _font(font_size)
-    middle = (scale.low + scale.high) / 2
-    labels = [(_tick(scale.low), 0.0), (_tick(middle), 0.5), (_tick(scale.high), 1.0)]
+    labels = [(text, where) for text, where in zip(ticks(scale), (0.0, 0.5, 1.0))]
     if scale.stretched:
-        labels[1] = (f"{_tick(middle)} · stretched", 0.5)
+        labels[1] = (f"{labels[1][0]} · stretched", 0.5)
     for text, where in labels:
         w = draw.textlength(text, font=font)
         x = min(max(0.0, where * width - w * where), width - w)
@@ -297,7 +347,7 @@ def colorbar(scale: Scale, cmap: str, width: int, height: int = 14, font_size: i
 
 def with_colorbar(picture: np.ndarray, scale: Scale, cmap: str) -> np.ndarray:
     """``picture`` with its colorbar underneath (what the app shows and exports as PNG)."""
-    bar = colorbar(scale, cmap, picture.shape[1], font_size=max(10, min(14, picture.shape[1] // 24)))
+    bar = colorbar(scale, cmap, picture.shape[1], font_size=max(12, min(20, picture.shape[1] // 18)))
     return np.concatenate([picture, np.full((4, picture.shape[1], 3), 255, np.uint8), bar], axis=0)
 
 
@@ -351,8 +401,10 @@ class MapView:
     cmap: str
     heat: np.ndarray  # uint8 colour map at the picture's resolution
     overlay: np.ndarray  # uint8 heat blended over the picture
-    grid: np.ndarray | None = None  # top-k: one small tile per channel (same scale)
+    grid: np.ndarray | None = None  # top-k: one small tile per channel, on grid_scale
     channels: list[int] = field(default_factory=list)
+    grid_scale: Scale | None = None  # one scale for the top-k tiles, from their own values
+    grid_cmap: str | None = None  # the colormap of the tiles (fits grid_scale's sign)
 
     @property
     def low(self) -> float:
@@ -387,29 +439,34 @@ def view_map(
     """Reduce ``x`` (C×H×W), upsample to ``picture`` (H×W×3 uint8), colour it on the scale of ``quantity`` under
     ``contrast`` with ``cmap`` (default: the quantity's :data:`DEFAULT_CMAPS` entry) and overlay it.
 
-    A NaN or constant map is flagged in ``stats`` and drawn flat grey, never with stretched contrast.
+    A NaN or constant map is flagged in ``stats`` and drawn flat grey, never with stretched contrast. The top-k
+    tiles share one scale of their own (``grid_scale``, from the single channels' values, which span far more
+    than their mean does), so no tile is clipped to a solid block.
     """
-    cmap = cmap or DEFAULT_CMAPS["mask" if quantity == "channel_mask" else quantity]
     reduced = reduce_channels(x, how, channel=channel, channels=channels)
     size = picture.shape[:2]
     up = upsample(reduced, size)
     stats = describe(reduced)
     scale = scale_for(reduced, quantity, contrast)
+    cmap = cmap_for(scale, cmap, quantity)
     if stats.ok:
         heat = colorize(up, scale.low, scale.high, cmap)
         blended = overlay(picture, heat, alpha)
     else:
         heat = np.full(picture.shape, 128, np.uint8)
         blended = overlay(picture, heat, 0.7)
-    grid = None
+    grid = grid_scale = grid_cmap = None
     if how == "topk" and channels:
-        a = as_array(x)
-        tiles = [colorize(a[c], scale.low, scale.high, cmap) if describe(a[c]).ok
-                 else np.full((*a[c].shape, 3), 128, np.uint8) for c in channels]
+        a = as_array(x)[list(channels)]
+        grid_scale = scale_for(a, quantity, contrast)
+        grid_cmap = cmap_for(grid_scale, cmap, quantity)
+        tiles = [colorize(t, grid_scale.low, grid_scale.high, grid_cmap) if describe(t).ok
+                 else np.full((*t.shape, 3), 128, np.uint8) for t in a]
         side = max(24, min(96, 384 // max(1, min(4, len(tiles)))))
         tiles = [np.asarray(Image.fromarray(t).resize((side, side), Image.Resampling.NEAREST)) for t in tiles]
         grid = tile(tiles, columns=4)
-    return MapView(name, reduced, up, stats, scale, cmap, heat, blended, grid, list(channels or []))
+    return MapView(name, reduced, up, stats, scale, cmap, heat, blended, grid, list(channels or []), grid_scale,
+                   grid_cmap)
 
 
 def mask_statistics(mask: Tensor | np.ndarray) -> dict[str, float]:
@@ -441,7 +498,7 @@ def module_views(
     """The three panels of one attention module: soft mask M, trunk T and output H, reduced the same way.
 
     M is drawn on the mask's scale (``mask_scale``: [0, 1] sigmoid or [−1, 1] channel attention) with the mask
-    colormap; T and H are signed features, drawn symmetric around 0 with the feature colormap. ``contrast``
+    colormap; T and H are features, drawn on a scale that follows their sign with the feature colormap. ``contrast``
     applies to all three. For ``topk`` the channels are ranked by the *mask's* energy and the same channels are
     shown for T and H, so the three panels stay comparable.
     """

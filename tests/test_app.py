@@ -4,6 +4,8 @@ one) and a tiny random model, plus one test per bad input."""
 
 from __future__ import annotations
 
+import re
+
 import io
 import json
 import sys
@@ -15,6 +17,7 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 import resattn
+from resattn import maps
 try:  # tests/ may or may not be a package
     from .imagefiles import bad_files, encode, photo, single_thread  # noqa: F401 - single_thread is an autouse fixture
 except ImportError:
@@ -73,8 +76,15 @@ def upload(at: AppTest, *files: tuple[str, bytes]) -> AppTest:
 
 
 def captions(at: AppTest) -> str:
-    """Every caption on the page, including the captions of images (where the panels state their scale)."""
-    return "\n".join([c.value for c in at.caption] + [c for i in at.image for c in i.captions])
+    """Every caption on the page, including the captions of images and the words of every colorbar (where the
+    panels state their scale)."""
+    return "\n".join([c.value for c in at.caption] + [c for i in at.image for c in i.captions]
+                     + [" ".join(re.sub(r"<[^>]+>", " ", bar).split()) for bar in colorbars(at)])
+
+
+def colorbars(at: AppTest) -> list[str]:
+    """The HTML of every colorbar drawn as page text (``components.colorbar``)."""
+    return [m.value for m in at.markdown if "ra-colorbar" in m.value]
 
 
 def model_key(at: AppTest, stem: str) -> str:
@@ -101,7 +111,12 @@ def test_photos_open_with_the_photo_model_and_every_panel_has_a_colorbar(app):
     assert "The model's input: 72×72 pixels" in text and "centre 87.8% crop" in text
     assert "range [" in text and "sign:" in text and "⏱" in text
     assert text.count("colours: stretched") == 3  # the default contrast, stated under every panel
-    assert "(viridis)" in text and "(RdBu_r)" in text
+    assert "(viridis)" in text  # M
+    # T and H: the diverging RdBu_r on a map with both signs, a sequential colormap on a one-sided one
+    record = app.session_state["_context"].trace().module(1, 1)
+    for name in ("trunk", "output"):
+        both = maps.sign_of(record[name].mean(axis=0)) == "both"
+        assert ("(RdBu_r)" if both else "(magma)") in text
 
 
 def test_the_model_input_is_exactly_what_evaluation_feeds(app):
@@ -216,7 +231,9 @@ def test_each_reduction(app, reduction):
     expected = {"mean": "channel mean", "max": "channel max", "channel": "channel 3", "topk": "top-4"}[reduction]
     assert expected in markdown
     if reduction == "topk":
-        assert sum("top-4 channels by mask energy" in c for i in at.image for c in i.captions) == 3
+        # each grid of single channels has a colorbar of its own (the tiles span more than their mean does)
+        assert sum("the top-4 by mask energy, each alone" in c.value for c in at.caption) == 3
+        assert len(colorbars(at)) == 6  # M, T, H and their three grids
 
 
 def test_controls_and_maps_agree_after_an_upload(app):
@@ -240,8 +257,8 @@ def test_one_colormap_per_quantity_is_obeyed_by_every_panel(app):
     at = app.sidebar.selectbox(key="cmap_feature").set_value("viridis").run()
     at.sidebar.selectbox(key="cmap_mask").set_value("cividis").run()
     no_exceptions(at)
-    panel_captions = [c for i in at.image for c in i.captions if "colours:" in c]
-    assert sum("(viridis)" in c for c in panel_captions) == 2  # T and H
+    panel_captions = [c for c in captions(at).splitlines() if "colours:" in c]
+    assert sum("(viridis)" in c for c in panel_captions) == 2  # T and H (one-sided here: a sequential map fits)
     assert sum("(cividis)" in c for c in panel_captions) == 1  # M
     at.switch_page("views/learn.py").run()
     no_exceptions(at)

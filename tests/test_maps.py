@@ -170,3 +170,52 @@ def test_enlarge_nearest_keeps_pixels_square():
     big = maps.enlarge_nearest(small, 8)
     assert big.shape == (8, 8, 3)
     np.testing.assert_array_equal(big[:4, :4], np.broadcast_to(small[0, 0], (4, 4, 3)))
+
+
+@pytest.mark.parametrize("quantity", ["feature", "attribution"])
+def test_the_scale_and_colormap_follow_the_sign_of_the_data(quantity):
+    """Both signs: centred on 0 with a diverging colormap; one sign: 0–max (or min–0) with a sequential one,
+    so an all-positive map uses the whole colour range and a signed map shows its sign (issue 24)."""
+    rng = np.random.default_rng(0)
+    positive = rng.random((8, 8)) * 3 + 0.1
+    negative = -positive
+    signed = positive - 1.5
+    for contrast in ("fixed", "stretch"):
+        up = maps.scale_for(positive, quantity, contrast)
+        assert not up.diverging and up.low >= 0 and up.high <= positive.max() + 1e-9
+        assert maps.cmap_for(up, "RdBu_r", quantity) not in maps.DIVERGING_CMAPS
+        down = maps.scale_for(negative, quantity, contrast)
+        assert not down.diverging and down.high <= 0 and down.low >= negative.min() - 1e-9
+        both = maps.scale_for(signed, quantity, contrast)
+        assert both.diverging and both.low == -both.high
+        assert maps.cmap_for(both, "inferno", quantity) in maps.DIVERGING_CMAPS
+    fixed = maps.scale_for(positive, quantity, "fixed")
+    assert (fixed.low, fixed.high) == (0.0, pytest.approx(positive.max()))
+    # a chosen colormap that fits the scale is kept
+    assert maps.cmap_for(maps.scale_for(signed, quantity), "coolwarm", quantity) == "coolwarm"
+    assert maps.cmap_for(maps.scale_for(positive, quantity), "viridis", quantity) == "viridis"
+
+
+def test_mask_natural_scales_do_not_follow_one_map():
+    """Masks keep their natural fixed scales; a channel mask (signed by nature) is drawn diverging."""
+    flat = np.full((4, 4), 0.5) + np.linspace(0, 0.01, 16).reshape(4, 4)
+    assert (maps.scale_for(flat, "mask").low, maps.scale_for(flat, "mask").high) == (0.0, 1.0)
+    channel = maps.scale_for(flat, "channel_mask")
+    assert (channel.low, channel.high, channel.diverging) == (-1.0, 1.0, True)
+    assert maps.cmap_for(channel, "viridis", "channel_mask") in maps.DIVERGING_CMAPS
+    assert maps.ticks(channel) == ("-1", "0", "1")
+
+
+def test_topk_tiles_get_a_scale_of_their_own():
+    """Single channels span more than their mean: the top-k tiles are drawn on their own shared scale, not
+    clipped to the mean map's."""
+    rng = np.random.default_rng(1)
+    trunk = rng.normal(0, 1, (6, 4, 4)).astype(np.float32)
+    trunk[5] *= 20  # a strong channel among the mask's top 3 (channels 5, 4, 3)
+    mask = np.linspace(0.1, 0.9, 6 * 16, dtype=np.float32).reshape(6, 4, 4)
+    picture = np.zeros((8, 8, 3), np.uint8)
+    view = maps.module_views(mask, trunk, trunk, picture, how="topk", k=3)["T"]
+    assert view.channels == [5, 4, 3]
+    tiles = trunk[view.channels]
+    assert view.grid_scale is not None and view.grid_scale.high == pytest.approx(np.abs(tiles).max())
+    assert view.grid_scale.high > view.scale.high  # the mean map's scale would clip the strong tile

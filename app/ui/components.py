@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import platform
 import time
 from dataclasses import dataclass, field
@@ -113,6 +114,61 @@ def model_view(model_key: str, image_hash: str, meta: dict, _image: Image.Image)
     x = prep.denormalize(prep(_image))[0]
     picture = (x.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
     return maps.enlarge_nearest(picture, DISPLAY_SIDE)
+
+
+#: Size of the numbers under every map: at least 14 px on a 1280-px projector, whatever the column's width (they
+#: are text in the page, not pixels of the picture, so a narrow column never shrinks or cuts them).
+TICK_PX = 16
+#: Page-wide style for the projector: dark captions (Streamlit's light grey fades on a projector) and less empty
+#: space above the title, so the first screen holds the picture, the predictions and the maps.
+STYLE = """<style>
+[data-testid="stCaptionContainer"], [data-testid="stCaptionContainer"] p, [data-testid="stImageCaption"] {
+  color: #262730 !important; font-size: 15px !important; }
+[data-testid="stMainBlockContainer"] { padding-top: 2.5rem; }
+</style>"""
+
+
+def style() -> None:
+    """Apply :data:`STYLE` (once per run, from ``main.py``)."""
+    st.markdown(STYLE, unsafe_allow_html=True)
+
+
+def colorbar_html(scale: maps.Scale, cmap_name: str, note: str | None = None) -> str:
+    """A colorbar as page elements: the gradient, then the low, middle (0 on a diverging scale) and high numbers
+    in :data:`TICK_PX` dark text (class ``ra-tick``), then what the scale spans (``note``, default the scale's
+    description) and the colormap."""
+    from html import escape
+
+    from matplotlib import colormaps
+
+    rgb = (colormaps[cmap_name](np.linspace(0, 1, 11))[:, :3] * 255).round().astype(int)
+    stops = ", ".join(f"rgb({r},{g},{b}) {10 * i}%" for i, (r, g, b) in enumerate(rgb))
+    ticks = "".join(f'<span class="ra-tick">{escape(_minus(t))}</span>' for t in maps.ticks(scale))
+    return (f'<div class="ra-colorbar" style="margin:-0.6rem 0 0.2rem 0">'
+            f'<div style="height:14px;border:1px solid #444;background:linear-gradient(to right, {stops})"></div>'
+            f'<div style="display:flex;justify-content:space-between;font-size:{TICK_PX}px;line-height:1.3;'
+            f'font-weight:600;color:#111;font-variant-numeric:tabular-nums">{ticks}</div>'
+            f'<div class="ra-scale" style="font-size:15px;line-height:1.3;color:#262730">'
+            f'colours: {escape(_minus(note or scale.description), quote=False)} ({escape(cmap_name)})</div></div>')
+
+
+def _minus(text: str) -> str:
+    """Typographic minus signs for negative numbers (a hyphen reads as a dash from the back of a room)."""
+    return re.sub(r"(?<![\w.])-(?=\d)", "−", text)
+
+
+def colorbar(scale: maps.Scale, cmap_name: str, note: str | None = None, container: Any = st) -> None:
+    """Draw :func:`colorbar_html` under the picture just shown in ``container``."""
+    container.markdown(colorbar_html(scale, cmap_name, note), unsafe_allow_html=True)
+
+
+def map_image(picture: np.ndarray | bytes, scale: maps.Scale, cmap_name: str, caption: str | None = None,
+              note: str | None = None, container: Any = st) -> None:
+    """A map as the app shows it: the picture, its colorbar as page text, then the caption."""
+    container.image(picture)
+    colorbar(scale, cmap_name, note, container)
+    if caption:
+        container.caption(caption)
 
 
 def cmap(quantity: str) -> str:
@@ -357,9 +413,14 @@ def require_context(banner: bool = True) -> Context:
     return ctx
 
 
+def banner_text(entry: state.ModelEntry) -> str:
+    """The banner's words: the file and what it is (width, input size, data, attention, accuracy and on what)."""
+    return f"**Model shown:** `{state.short_label(entry)}` — {state.describe_meta(entry.meta)}"
+
+
 def model_banner(ctx: Context) -> None:
     """Which model is shown (name, data, accuracy), with the RANDOM label, at the top of a page."""
-    text = f"**Model shown:** `{state.short_label(ctx.entry)}` — {ctx.entry.label.split(' — ', 1)[-1]}"
+    text = banner_text(ctx.entry)
     if ctx.entry.random:
         st.warning(f"{text} — **RANDOM** initialisation, untrained.")
     else:
@@ -372,16 +433,23 @@ def _png(model_key: str, image_hash: str, what: str, _picture: np.ndarray) -> by
     return maps.to_png(_picture)
 
 
-def image_columns(ctx: Context) -> None:
-    """The picture beside the exact tensor the model receives."""
-    prep = ctx.preprocessing
-    a, b = st.columns(2)
-    with a:
-        st.image(_png(ctx.entry.key, ctx.image_hash, "picture", ctx.picture), caption=f"{ctx.image_name}: the region the model sees "
-                 + ("(the whole image)" if prep.crop_fraction == 1 else f"(centre {prep.crop_fraction:.1%} crop)"))
-    with b:
-        st.image(_png(ctx.entry.key, ctx.image_hash, "input", ctx.model_view()), caption=f"The model's input: {prep.size}×{prep.size} pixels, de-normalised, "
-                 "enlarged by nearest neighbour (each square is one input pixel)")
+def region_words(ctx: Context) -> str:
+    """What part of the image the model sees: the whole image, or its centre crop."""
+    fraction = ctx.preprocessing.crop_fraction
+    return "the region the model sees " + ("(the whole image)" if fraction == 1 else f"(centre {fraction:.1%} crop)")
+
+
+def input_image(ctx: Context, container: Any = st) -> None:
+    """The exact tensor the model receives, de-normalised and enlarged so each input pixel is a square."""
+    size = ctx.preprocessing.size
+    container.image(_png(ctx.entry.key, ctx.image_hash, "input", ctx.model_view()),
+                    caption=f"The model's input: {size}×{size} pixels, de-normalised, enlarged by nearest neighbour "
+                            "(each square is one input pixel)")
+
+
+def picture_png(ctx: Context) -> bytes:
+    """The region the model sees, as PNG (encoded once per model and image)."""
+    return _png(ctx.entry.key, ctx.image_hash, "picture", ctx.picture)
 
 
 def package_versions() -> dict[str, str]:

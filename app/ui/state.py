@@ -142,20 +142,36 @@ def is_photo_model(meta: dict[str, Any]) -> bool:
         return False
 
 
+#: Data names as the checkpoints record them -> (what to call the data, the split "test top-1" is measured on).
+#: "imagenette-224" names the zip (photos stored at 224 px), not the input size: the banner says that separately.
+DATASETS: dict[str, tuple[str, str]] = {
+    "imagenette-224": ("Imagenette", "Imagenette's validation split, 3,925 photos"),
+    "imagenette": ("Imagenette", "Imagenette's validation split, 3,925 photos"),
+    "cifar10-jpeg": ("CIFAR-10", "the CIFAR-10 test set, 10,000 images"),
+    "cifar10": ("CIFAR-10", "the CIFAR-10 test set, 10,000 images"),
+}
+
+
 def describe_meta(meta: dict[str, Any]) -> str:
-    """Dataset · attention · ARL/NAL · accuracy, for the picker."""
+    """Model, width, input size, data, attention, ARL/NAL and the test accuracy with the set it was measured on."""
     o = meta.get("overrides", {})
-    parts = [
-        meta.get("model", "?"),
-        str(meta.get("dataset", "?")),
-        o.get("attention", "mixed"),
-        str(o.get("learning", "arl")).upper(),
-    ]
+    data = str(meta.get("dataset", "?"))
+    name, split = DATASETS.get(data, (data, "its test split"))
+    parts = [meta.get("model", "?")]
+    width = o.get("width_mult", 1)
+    if isinstance(width, (int, float)) and width != 1:
+        parts.append(f"width ×{width:g}")
+    if isinstance(meta.get("input_size"), int):
+        parts.append(f"{meta['input_size']} px input")
+    parts += [name if name == data else f"{name} ({data})", o.get("attention", "mixed"), str(o.get("learning", "arl")).upper()]
     if o.get("mask") == "local":
         parts.append("local mask")
-    top1 = (meta.get("metrics") or {}).get("test_top1")
-    parts.append(f"test top-1 {top1:.2%}" if isinstance(top1, (int, float)) and top1 <= 1 else
-                 f"test top-1 {top1}" if top1 is not None else "no test accuracy")
+    metrics = meta.get("metrics") or {}
+    top1 = metrics.get("test_top1")
+    if isinstance(metrics.get("test_images"), int) and split == "its test split":
+        split = f"its test split, {metrics['test_images']:,} images"
+    parts.append(f"top-1 {top1:.2%} on {split}" if isinstance(top1, (int, float)) and top1 <= 1 else
+                 f"top-1 {top1} on {split}" if top1 is not None else "no test accuracy")
     return " · ".join(parts)
 
 

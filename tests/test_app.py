@@ -264,7 +264,7 @@ def test_one_colormap_per_quantity_is_obeyed_by_every_panel(app):
     no_exceptions(at)
     at.switch_page("views/attribution.py").run()
     no_exceptions(at)
-    assert any("(cividis)" in c for i in at.image for c in i.captions)
+    assert "(cividis)" in captions(at)
 
 
 def test_panel_exports(app):

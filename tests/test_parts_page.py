@@ -19,7 +19,7 @@ def _markdown(at) -> str:
 
 
 def _part_captions(at) -> list[str]:
-    return [c for i in at.image for c in i.captions if re.match(r"part \d+: \d+% of the parts' energy", c)]
+    return [c for c in captions(at).splitlines() if re.match(r"part \d+: \d+% of the parts' energy", c)]
 
 
 def test_the_parts_view_draws_each_part_with_its_energy_and_channels(app):
@@ -36,7 +36,9 @@ def test_the_parts_view_draws_each_part_with_its_energy_and_channels(app):
     energies = [int(re.match(r"part \d+: (\d+)%", c).group(1)) for c in shown[:k]]
     assert energies == sorted(energies, reverse=True) and abs(sum(energies) - 100) <= k
     assert all("channels " in c for c in shown)
-    assert any(c.startswith("channel ") and "colours:" in c for c in captions(at).splitlines())
+    assert any(c.startswith("channel ") and "range [" in c for c in captions(at).splitlines())
+    # every part and the chosen channel has its colorbar as page text
+    assert captions(at).count("colours: part weight: 0 to the part's own maximum (1)") == k + 1
 
 
 def test_a_fixed_k_gives_that_many_parts_and_a_part_opens_channel_by_channel(app):
@@ -95,7 +97,8 @@ def test_channel_attention_parts_say_how_its_range_was_handled(checkpoints, monk
     assert "channel attention (values in −1…1) factorised as (1 + M) / 2" in _markdown(at)
     at = at.radio(key="contrast_explore").set_value("fixed").run()
     shown = [c for c in captions(at).splitlines() if c.startswith("channel ")]
-    assert len(shown) == 1 and "fixed scale −1–1 (channel attention f2)" in shown[0]  # the mask's own range
+    assert len(shown) == 1
+    assert "colours: fixed scale −1–1 (channel attention f2) (RdBu_r)" in captions(at)  # the mask's own range
 
 
 def test_compare_shows_each_models_parts_on_the_same_image(app):

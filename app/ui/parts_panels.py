@@ -22,7 +22,7 @@ from resattn import parts as P
 from resattn.masks import spread_indices
 from resattn.preprocess import Preprocessing
 
-from . import dataset_tools, state
+from . import components, dataset_tools, state
 
 PART_SIDE = 360
 CHANNEL_SIDE = 480
@@ -57,10 +57,15 @@ def choices_caption(found: P.MaskParts) -> str:
 
 
 def part_png(found: P.MaskParts, part: int, picture: np.ndarray, side: int = PART_SIDE) -> bytes:
-    """One part over the picture, with its colorbar, as PNG."""
+    """One part over the picture, as PNG (draw :func:`part_colorbar` under it)."""
     photo = np.asarray(Image.fromarray(picture).resize((side, side), Image.Resampling.BILINEAR))
     heat = maps.colorize(maps.upsample(found.maps[part], (side, side)), 0.0, 1.0, P.PART_CMAP)
-    return maps.to_png(maps.with_colorbar(maps.overlay(photo, heat, alpha=0.65), PART_SCALE, P.PART_CMAP))
+    return maps.to_png(maps.overlay(photo, heat, alpha=0.65))
+
+
+def part_colorbar(container: Any = st) -> None:
+    """The colorbar of every part picture: each part scaled to its own maximum."""
+    components.colorbar(PART_SCALE, P.PART_CMAP, container=container)
 
 
 def part_caption(found: P.MaskParts, part: int, channels: int = 5) -> str:
@@ -69,14 +74,12 @@ def part_caption(found: P.MaskParts, part: int, channels: int = 5) -> str:
             f"{P.concentration(found.maps[part]):.2f} · channels {top}")
 
 
-def channel_png(mask: np.ndarray, channel: int, picture: np.ndarray, quantity: str, contrast: str, cmap: str,
-                side: int = CHANNEL_SIDE, overlaid: bool = False) -> tuple[bytes, str]:
-    """One channel of the mask, large, with its colorbar (the page's contrast), and a caption with its range."""
+def channel_view(mask: np.ndarray, channel: int, picture: np.ndarray, quantity: str, contrast: str, cmap: str,
+                 side: int = CHANNEL_SIDE) -> maps.MapView:
+    """One channel of the mask, large, on the page's contrast (draw it with its ``scale`` and ``cmap``)."""
     photo = np.asarray(Image.fromarray(picture).resize((side, side), Image.Resampling.BILINEAR))
-    view = maps.view_map(mask, f"M channel {channel}", photo, how="channel", channel=channel,
+    return maps.view_map(mask, f"M channel {channel}", photo, how="channel", channel=channel,
                          quantity=quantity, contrast=contrast, cmap=cmap)  # type: ignore[arg-type]
-    caption = f"channel {channel} · {view.stats.summary()} · colours: {view.scale.description}"
-    return maps.to_png(view.picture(overlaid)), caption
 
 
 def atlas_order(mask: np.ndarray, found: P.MaskParts | None, how: str) -> list[int]:
@@ -162,7 +165,9 @@ def render_parts(ctx: Any, record: dict[str, Any], k: int | None, contrast: str)
     columns = st.columns(min(3, found.k))
     for j in range(found.k):
         with columns[j % len(columns)]:
-            st.image(part_png(found, j, ctx.picture), caption=part_caption(found, j))
+            st.image(part_png(found, j, ctx.picture))
+            part_colorbar()
+            st.caption(part_caption(found, j))
             if st.button(f"Channels of part {j + 1}", key=f"parts_open_{j}"):
                 st.session_state["parts_pick"] = j + 1
     pick = min(int(st.session_state.get("parts_pick", 1)), found.k)
@@ -179,11 +184,13 @@ def render_parts(ctx: Any, record: dict[str, Any], k: int | None, contrast: str)
         channel = members[rank - 1]
         st.markdown(f"**Channel {channel}**: loading {found.loadings[channel, part]:.3f} on part {pick} "
                     f"(rank {rank} of {found.loadings.shape[0]} channels)")
-        st.image(part_png(found, part, ctx.picture, side=240), caption=part_caption(found, part))
+        st.image(part_png(found, part, ctx.picture, side=240))
+        part_colorbar()
+        st.caption(part_caption(found, part))
     with right:
-        png, caption = channel_png(record["mask"], channel, ctx.picture, ctx.mask_scale, contrast,
-                                   st.session_state.get("cmap_mask", maps.DEFAULT_CMAPS["mask"]))
-        st.image(png, caption=caption)
+        view = channel_view(record["mask"], channel, ctx.picture, ctx.mask_scale, contrast,
+                            st.session_state.get("cmap_mask", maps.DEFAULT_CMAPS["mask"]))
+        components.map_image(view.heat, view.scale, view.cmap, caption=f"channel {channel} · {view.stats.summary()}")
     _examples(ctx, found, part)
     return found
 
@@ -212,6 +219,7 @@ def _examples(ctx: Any, found: P.MaskParts, part: int) -> None:
             heat = maps.colorize(maps.upsample(own, (side, side)), 0.0, 1.0, P.PART_CMAP)
             column.image(maps.to_png(maps.overlay(photo, heat, 0.6)),
                          caption=f"{'/'.join(names[i].split('/')[-2:])} · top-20% share {score:.2f}")
+    part_colorbar()
     st.caption(f"The {len(index)} of {len(masks)} images where part {part + 1}'s channels (weighted by their loadings, "
                "each above its own floor) are most concentrated; each map scaled to its own maximum.")
 
@@ -231,14 +239,14 @@ def render_atlas(ctx: Any, record: dict[str, Any], contrast: str) -> None:
     st.session_state["atlas_page"] = min(max(1, int(st.session_state.get("atlas_page", 1))), pages)
     page = st.slider("Atlas page", 1, pages, key="atlas_page", disabled=pages == 1) if pages > 1 else 1
     shown = order[(page - 1) * ATLAS_PAGE: page * ATLAS_PAGE]
-    cmap = st.session_state.get("cmap_mask", maps.DEFAULT_CMAPS["mask"])
+    scale = maps.scale_for(mask, ctx.mask_scale, "fixed")  # type: ignore[arg-type]
+    cmap = maps.cmap_for(scale, st.session_state.get("cmap_mask"), ctx.mask_scale)  # type: ignore[arg-type]
     tiles = atlas_tiles(mask, shown, ctx.mask_scale, contrast, cmap)
     for start in range(0, len(tiles), 6):
         for column, (png, caption) in zip(st.columns(6), tiles[start:start + 6]):
             column.image(png, caption=caption)
-    scale = maps.scale_for(mask, ctx.mask_scale, "fixed")  # type: ignore[arg-type]
     if contrast == "fixed":
-        st.image(maps.to_png(maps.colorbar(scale, cmap, 480, font_size=16)), caption=f"every tile: {scale.description}")
+        components.colorbar(scale, cmap, note=f"every tile: {scale.description}")
     else:
         st.caption("Each tile is stretched to its own 1st–99th percentile: compare shapes, not levels "
                    "(each caption gives the channel's range).")

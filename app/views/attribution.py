@@ -73,21 +73,25 @@ for number, method in enumerate(methods, start=1):
         rows.append({"method": name, "Spearman ρ (mask vs |A|)": scores["spearman"], "top-20% IoU": scores["top_iou"]})
 status.empty()
 
-for column, (title, amap, key) in zip(st.columns(max(1, len(panels))), panels):
-    with column:
-        st.markdown(f"**{title}**")
-        stats = maps.describe(amap)
-        if not stats.ok:
-            st.warning(f"{stats.problem}. Not drawn as a map.")
-            continue
-        quantity = ctx.mask_scale if key == "mask" else "attribution"
-        scale = maps.scale_for(amap, quantity, contrast)
-        colours = components.cmap("mask" if key == "mask" else "attribution")
-        heat = maps.colorize(maps.upsample(amap, (height, width)), scale.low, scale.high, colours)
-        picture = maps.with_colorbar(maps.overlay(ctx.picture, heat, alpha), scale, colours)
-        st.image(picture, caption=f"{stats.summary()} · colours: {scale.description} ({colours})")
-        st.download_button("PNG", lambda picture=picture: maps.to_png(picture), file_name=f"{key}_stage{ctx.stage}.png", mime="image/png",
-                           key=f"attr_png_{key}", on_click="ignore")
+PER_ROW = 3  # panels per row: at 1280 px five in a row left each map about 170 px wide, too small for a room
+for first in range(0, len(panels), PER_ROW):
+    for column, (title, amap, key) in zip(st.columns(PER_ROW), panels[first : first + PER_ROW]):
+        with column:
+            st.markdown(f"**{title}**")
+            stats = maps.describe(amap)
+            if not stats.ok:
+                st.warning(f"{stats.problem}. Not drawn as a map.")
+                continue
+            quantity = ctx.mask_scale if key == "mask" else "attribution"
+            scale = maps.scale_for(amap, quantity, contrast)
+            colours = maps.cmap_for(scale, components.cmap("mask" if key == "mask" else "attribution"), quantity)
+            heat = maps.colorize(maps.upsample(amap, (height, width)), scale.low, scale.high, colours)
+            shown = maps.overlay(ctx.picture, heat, alpha)
+            components.map_image(shown, scale, colours, caption=stats.summary())
+            st.download_button("PNG", lambda shown=shown, scale=scale, colours=colours:
+                               maps.to_png(maps.with_colorbar(shown, scale, colours)),
+                               file_name=f"{key}_stage{ctx.stage}.png", mime="image/png", key=f"attr_png_{key}",
+                               on_click="ignore", help="The map with its colorbar drawn into the picture")
 
 if rows:
     st.subheader("Agreement between the mask and each attribution")

@@ -125,10 +125,9 @@ for first in range(0, len(path), 4):
                 is_mask = label.startswith("mask M")
                 quantity = ctx.mask_scale if is_mask else "feature"
                 scale = maps.scale_for(reduced, quantity, contrast)
-                colours = components.cmap("mask" if is_mask else "feature")
+                colours = maps.cmap_for(scale, components.cmap("mask" if is_mask else "feature"), quantity)
                 heat = maps.colorize(maps.upsample(reduced, (160, 160)), scale.low, scale.high, colours)
-                st.image(maps.with_colorbar(heat, scale, colours))
-                st.caption(f"{stats.summary()} · {scale.description}")
+                components.map_image(heat, scale, colours, caption=stats.summary())
             else:
                 st.warning(stats.problem)
 

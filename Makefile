@@ -1,6 +1,8 @@
 # Two commands for a fresh machine:  `make app` starts the explorer, `make test` runs the whole test suite.
+# `make app PORT=8502` serves the explorer on another port (default 8501, Streamlit's).
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
+PORT ?= 8501
 
 .PHONY: install chromium app test screenshots bench
 
@@ -17,7 +19,7 @@ chromium:
 	     "(install Debian's chromium to run them)"; fi
 
 app: install
-	$(PYTHON) -m streamlit run app/main.py
+	$(PYTHON) -m streamlit run app/main.py --server.port $(PORT)
 
 test: install chromium
 	$(PYTHON) -m pytest -q

@@ -148,9 +148,40 @@ def test_per_class_mean_masks_with_counts_and_a_stated_scale(app):
 
 def test_a_model_without_these_classes_is_refused_with_the_models_that_have_them(app):
     at = dataset_page(app, stem="b_photo")  # tench / church / parachute
-    errors = "\n".join(e.value for e in at.error)
-    assert "cannot be shown with this model" in errors and "no class cat, dog, frog" in errors
-    assert "a_tiny" in errors and not grid(at)
+    warnings = "\n".join(e.value for e in at.warning)
+    assert "cannot be shown with this model" in warnings and "no class cat, dog, frog" in warnings
+    assert "a_tiny" in warnings and not grid(at) and not at.error
+
+
+@pytest.fixture
+def two_datasets(checkpoints, dataset, tmp_path, monkeypatch):
+    """The tiny CIFAR-class dataset first, then Imagenette-style folders (WordNet ids) of the photo model's
+    classes (tench, church, parachute); the app as it opens, with the photo model."""
+    folders = ("n01440764", "n03028079", "n03888257")
+    photos = zip_tree(make_tree(tmp_path / "tree", classes=folders, per_class=(1, 2), size=32), tmp_path / "p.zip")
+    monkeypatch.setenv("RESATTN_CHECKPOINT_DIR", str(checkpoints))
+    monkeypatch.setenv("RESATTN_APP_MODELS", "none")
+    monkeypatch.setenv("RESATTN_DATASETS", f"tiny={dataset},photos={photos}")
+    monkeypatch.delenv("RESATTN_GALLERY_DATA", raising=False)
+    return AppTest.from_file(str(APP / "main.py"), default_timeout=300).run()
+
+
+def test_the_page_opens_on_a_dataset_the_model_knows_and_follows_the_model(two_datasets):
+    at = dataset_page(two_datasets, stem=None)
+    assert at.selectbox(key="model").value == model_key(at, "b_photo")  # the app's default model for photos
+    assert at.selectbox(key="dataset_source").value == "photos"  # not tiny, the first, whose classes it lacks
+    assert not at.error and not at.warning
+    assert sorted(c.split(" · ")[1].split(" → ")[0] for c in grid(at)) == ["church"] * 2 + ["parachute"] * 2 + \
+        ["tench"] * 2  # class names, not the WordNet ids of the folders
+    box = next(m for m in at.multiselect if str(m.key).startswith("dataset_classes|"))
+    assert box.options == ["tench", "church", "parachute"]
+    use_model(at, "a_tiny")  # another model in the sidebar: the page moves to a dataset it knows
+    no_exceptions(at)
+    assert at.selectbox(key="dataset_source").value == "tiny" and len(grid(at)) == 12
+    at.selectbox(key="dataset_source").set_value("photos").run()  # a choice of the user's is kept, and explained
+    warning = "\n".join(w.value for w in at.warning)
+    assert "photos cannot be shown with this model: the model has no class church, parachute, tench " in warning
+    assert "n0" not in warning.split("(its classes")[0] and "b_photo" in warning and not grid(at)
 
 
 def test_an_uploaded_zip_of_class_folders_works(app, tmp_path):

@@ -5,6 +5,7 @@ the sidebar (``picked_image``), so Explore can open it.
 * Datasets: ``RESATTN_DATASETS`` (``name=path,name=path``, the variable the jobs use; each path a folder or zip with
   ``train/`` and ``test/`` or ``val/`` class folders), or an uploaded zip, checked and extracted by
   :mod:`resattn.archive` into a temporary folder that lives as long as its cache entry (``check_and_extract``).
+  The page opens on :func:`default_dataset`, one whose classes the sidebar's model knows.
 * Masks: :func:`resattn.masks.collect_masks` over ``limit`` images spread evenly through the split
   (:func:`resattn.masks.spread_indices`; splits are sorted by class, so this spreads over classes), decoded and
   cropped exactly as the sidebar's images are (:func:`resattn.images.load_image`, then the checkpoint's
@@ -114,6 +115,28 @@ def listing(key: str, path: str, split: str) -> SplitSource:
     return open_split(path, split)
 
 
+def dataset_classes(name: str, path: str) -> list[str] | None:
+    """A configured dataset's class folders; None if unreadable."""
+    try:
+        return listing(source_key(name, path), path, "test").classes
+    except DataError:
+        return None
+
+
+def fits(name: str, path: str, meta: dict[str, Any]) -> bool:
+    """Whether the model (``meta``) knows every class of a configured dataset."""
+    try:
+        return bool(label_map(dataset_classes(name, path) or [], meta))
+    except ValueError:
+        return False
+
+
+def default_dataset(datasets: dict[str, str], meta: dict[str, Any]) -> str | None:
+    """The dataset the page opens on: the first of ``datasets`` whose classes the model (``meta``) knows, else
+    the first one; None when there is none."""
+    return next((name for name, path in datasets.items() if fits(name, path, meta)), next(iter(datasets), None))
+
+
 # ------------------------------------------------------------------------------------------------- model
 
 
@@ -163,7 +186,7 @@ def label_map(dataset_classes: list[str], meta: dict[str, Any]) -> list[int]:
         elif shown in names:
             mapping.append(names.index(shown))
         else:
-            unknown.append(folder)
+            unknown.append(shown)  # "tench", not the WordNet id n01440764 it is filed under
     if unknown:
         raise ValueError(f"the model has no class {', '.join(sorted(unknown))} (its classes: "
                          f"{', '.join(names[:12])}{' …' if len(names) > 12 else ''})")

@@ -65,8 +65,14 @@ else:
 # ------------------------------------------------------------------------------------------- data source
 datasets = tools.configured_datasets()
 c1, c2, c3 = st.columns([3, 1, 1])
-if st.session_state.get("dataset_source") not in [*datasets, UPLOAD]:  # first run, or the dataset is gone
+chosen = st.session_state.get("dataset_source")
+model_changed = st.session_state.get("_dataset_model", entry.key) != entry.key
+st.session_state["_dataset_model"] = entry.key
+if chosen not in [*datasets, UPLOAD] or (model_changed and chosen in datasets  # first run, gone, or another model
+                                         and not tools.fits(chosen, datasets[chosen], meta)):
     st.session_state.pop("dataset_source", None)
+    if (default := tools.default_dataset(datasets, meta)) is not None:  # one whose classes this model knows
+        st.session_state["dataset_source"] = default
 source = c1.selectbox("Dataset", list(datasets) + [UPLOAD], key="dataset_source",
                       help="Datasets named in RESATTN_DATASETS (name=path,…: folders or zips with train/ and "
                            "test/ or val/ class folders), or a zip you upload.")
@@ -121,7 +127,7 @@ try:
 except ValueError as exc:
     bar.empty()
     matches = tools.matching_models(listing.classes)
-    st.error(f"{name} cannot be shown with this model: {exc}. "
+    st.warning(f"{name} cannot be shown with this model: {exc}. "
              + (f"Models that know these classes: {', '.join(matches)}." if matches else
                 "No model in the picker knows all these classes."))
     st.stop()

@@ -122,6 +122,52 @@ def overflow(page) -> list[str]:  # noqa: ANN001
     )
 
 
+def illegible_numbers(page, minimum: float = 14.0) -> list[str]:  # noqa: ANN001
+    """Colorbar numbers (``.ra-tick``) smaller than ``minimum`` px as rendered, cut off (outside their colorbar)
+    or overlapping their neighbour, and colorbars without three numbers. Empty when every scale can be read."""
+    return page.evaluate(
+        """(minimum) => {
+          const problems = [];
+          for (const bar of document.querySelectorAll('.ra-colorbar')) {
+            const ticks = [...bar.querySelectorAll('.ra-tick')];
+            if (ticks.length !== 3) { problems.push(`a colorbar with ${ticks.length} numbers`); continue; }
+            const outer = bar.getBoundingClientRect();
+            let previous = null;
+            for (const tick of ticks) {
+              const box = tick.getBoundingClientRect();
+              const size = parseFloat(getComputedStyle(tick).fontSize);
+              if (size < minimum || box.height < minimum) problems.push(`'${tick.textContent}' is ${size} px`);
+              if (box.left < outer.left - 1 || box.right > outer.right + 1) problems.push(`'${tick.textContent}' is cut off`);
+              if (previous && box.left < previous.right && box.top < previous.bottom) problems.push(`'${tick.textContent}' overlaps`);
+              previous = box;
+            }
+          }
+          return problems;
+        }""",
+        minimum,
+    )
+
+
+def below_first_screen(page, selectors: list[str]) -> list[str]:  # noqa: ANN001
+    """Which of ``selectors`` (their first match in the main area, the page scrolled to the top) is missing or
+    ends below the window's height."""
+    return page.evaluate(
+        """(selectors) => {
+          const main = document.querySelector('[data-testid="stMain"]');
+          if (main) main.scrollTo(0, 0);
+          const problems = [];
+          for (const selector of selectors) {
+            const el = main && main.querySelector(selector);
+            if (!el) { problems.push(`${selector}: not on the page`); continue; }
+            const bottom = el.getBoundingClientRect().bottom;
+            if (bottom > window.innerHeight) problems.push(`${selector} ends at ${Math.round(bottom)} > ${window.innerHeight}`);
+          }
+          return problems;
+        }""",
+        selectors,
+    )
+
+
 def screenshot_dir(tmp_path: Path) -> Path:
     """Where screenshots go: ``RESATTN_SCREENSHOTS`` (``make screenshots`` sets it to docs/) or a temporary
     folder, so the tests never modify tracked files."""

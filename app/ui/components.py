@@ -122,15 +122,15 @@ TICK_PX = 16
 #: Page-wide style for the projector: dark captions (Streamlit's light grey fades on a projector) and less empty
 #: space above the title, so the first screen holds the picture, the predictions and the maps.
 STYLE = """<style>
-[data-testid="stCaptionContainer"], [data-testid="stCaptionContainer"] p, [data-testid="stImageCaption"] {
-  color: #262730 !important; font-size: 15px !important; }
+[data-testid="stCaptionContainer"], [data-testid="stCaptionContainer"] *, [data-testid="stImageCaption"],
+[data-testid="stImageCaption"] * { color: #262730 !important; font-size: 15px !important; opacity: 1 !important; }
 [data-testid="stMainBlockContainer"] { padding-top: 2.5rem; }
 </style>"""
 
 
 def style() -> None:
-    """Apply :data:`STYLE` (once per run, from ``main.py``)."""
-    st.markdown(STYLE, unsafe_allow_html=True)
+    """Apply :data:`STYLE` (once per run, from ``main.py``; a style-only ``st.html`` takes no space)."""
+    st.html(STYLE)
 
 
 def colorbar_html(scale: maps.Scale, cmap_name: str, note: str | None = None) -> str:

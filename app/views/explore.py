@@ -57,7 +57,7 @@ with left:
     st.dataframe(
         {"class": [ctx.class_name(int(i)) for i in top], "probability": [float(data.probs[i]) for i in top]},
         column_config={"class": st.column_config.TextColumn("top-5 class"),
-                       "probability": st.column_config.ProgressColumn(format="%.3f", min_value=0.0, max_value=1.0)},
+                       "probability": st.column_config.NumberColumn(format="%.3f")},
         hide_index=True,
     )
     predictions.show(ctx.entry, ctx.meta, data.probs)
@@ -72,6 +72,7 @@ with right:
     learning = ctx.meta.get("overrides", {}).get("learning", "arl")
     st.subheader(f"Stage {ctx.stage}, module {ctx.index} — M, T and H = "
                  + ("(1 + M)·T (ARL)" if learning == "arl" else "M·T (NAL)"))
+    heading = st.empty()  # what the maps show (the reduction), once the controls below have their values
     maps_area = st.container()  # filled below, once the controls under it have their values
     st.caption(f"`{record['name']}` · {channels} channels at {record['mask'].shape[1]}×{record['mask'].shape[2]}, "
                "upsampled bilinearly to the picture.")
@@ -102,10 +103,11 @@ shown = panels(ctx.entry.key, ctx.image_hash, ctx.stage, ctx.index, reduction, c
                components.cmap("mask"), components.cmap("feature"), alpha, show_overlay, record, ctx.picture)
 what = {"mean": "channel mean", "max": "channel max", "channel": f"channel {channel}",
         "topk": f"mean of top-{k} channels"}[reduction]
+heading.markdown(f"Each map: the **{what}** of its tensor")
 with maps_area:
     for column, (key, panel) in zip(st.columns(3), shown.items()):
         with column:
-            st.markdown(f"**{panel['name']}** — {what}")
+            st.markdown(f"**{panel['name']}**")
             if panel["ok"]:
                 components.map_image(panel["png"], panel["scale"], panel["cmap"], caption=panel["caption"])
             else:

@@ -104,7 +104,11 @@ def top5(at: AppTest) -> list[str]:
 def test_photos_open_with_the_photo_model_and_every_panel_has_a_colorbar(app):
     no_exceptions(app)
     assert app.selectbox(key="model").value == model_key(app, "b_photo")  # a photo model for photos by default
-    assert any("Model shown:" in m.value and "b_photo" in m.value for m in app.markdown)
+    banner = next(m.value for m in app.markdown if "Model shown:" in m.value)
+    # the banner says the width and the input size (the data's name, imagenette, is not the input size) and on
+    # which split "top-1" was measured
+    assert "b_photo" in banner and "width ×0.0625" in banner and "72 px input" in banner
+    assert "top-1 80.00% on Imagenette's validation split, 3,925 photos" in banner
     assert len(app.dataframe) == 1 and len(app.dataframe[0].value) == 3  # top-5 of a 3-class model
     assert len(app.image) >= 5  # the picture, the exact input + M, T, H
     text = captions(app)
@@ -429,3 +433,16 @@ def test_shared_results_compute_once_and_tell_a_waiting_session():
     for key in ("a", "b", "c"):  # bounded: the oldest entries go
         shared.get((key,), lambda: key)
     assert len(shared.values) == 2 and ("k",) not in shared.values
+
+
+def test_the_banner_names_the_split_of_an_unknown_dataset_and_leaves_out_a_full_width():
+    from ui import state
+
+    meta = {"model": "attention56_cifar", "dataset": "my-birds", "input_size": 32, "overrides": {"width_mult": 1.0},
+            "metrics": {"test_top1": 0.5, "test_images": 1234}}
+    text = state.describe_meta(meta)
+    assert "width" not in text and "32 px input" in text and "my-birds" in text
+    assert text.endswith("top-1 50.00% on its test split, 1,234 images")
+    assert state.describe_meta({**meta, "dataset": "cifar10-jpeg"}).endswith(
+        "top-1 50.00% on the CIFAR-10 test set, 10,000 images")
+

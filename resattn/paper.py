@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 __all__ = ["PaperResult", "Contrast", "ContrastRow", "RESULTS", "CONTRASTS", "paper_result", "variant", "contrasts",
-           "test_images", "budget_key", "summary_rows"]
+           "test_images", "budget_key", "summary_rows", "tables_words", "paper_gaps"]
 
 
 @dataclass(frozen=True)
@@ -236,3 +236,25 @@ def summary_rows(checkpoints: Mapping[str, Mapping[str, Any]]) -> list[dict[str,
         rows.append({"checkpoint": name, "epochs": meta.get("epochs"), "test error (%)": 100 * (1 - top1),
                      "paper error (%)": result.error, "paper table": result.table})
     return rows
+
+
+def _table_number(table: str) -> tuple[int, str]:
+    """Sort key of a table's name: ``Table 3`` before ``Table 10``."""
+    number = table.rsplit(" ", 1)[-1]
+    return (int(number), table) if number.isdigit() else (10**6, table)
+
+
+def tables_words(tables: Iterable[str]) -> str:
+    """The tables named in a sentence, in their order in the paper: ``Table 1``, ``Tables 1 and 3``,
+    ``Tables 1, 3 and 4`` (empty for none), so a heading names exactly the tables that have rows under it."""
+    numbers = [t.removeprefix("Table ") for t in sorted(set(tables), key=_table_number)]
+    if not numbers:
+        return ""
+    if len(numbers) == 1:
+        return f"Table {numbers[0]}"
+    return f"Tables {', '.join(numbers[:-1])} and {numbers[-1]}"
+
+
+def paper_gaps(model: str) -> list[float]:
+    """The paper's error gaps (points) in every comparison it makes for ``model``, smallest first."""
+    return sorted(gap for c in CONTRASTS if c.model == model and (gap := c.paper_gap()) is not None)

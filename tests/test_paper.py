@@ -109,3 +109,33 @@ def test_how_a_run_was_executed_does_not_change_its_budget():
     assert paper.budget_key(cpu) == paper.budget_key(gpu)  # same recipe: a fair comparison wherever it ran
     assert paper.budget_key(meta(epochs=40.0)) != paper.budget_key(cpu)
     assert paper.budget_key(meta(lr=0.1)) != paper.budget_key(cpu)
+
+
+def test_tables_are_named_in_the_papers_order_and_only_those_given():
+    assert paper.tables_words([]) == ""
+    assert paper.tables_words(["Table 3", "Table 3"]) == "Table 3"
+    assert paper.tables_words(["Table 3", "Table 1", "Table 1"]) == "Tables 1 and 3"
+    assert paper.tables_words(["Table 4", "Table 10", "Table 1", "Table 3"]) == "Tables 1, 3, 4 and 10"
+    # the Compare page's heading from the rows it draws: no Table 4 without a local-mask checkpoint
+    metas = {"mixed_arl": meta(), "mixed_nal": meta(learning="nal"), "channel_arl": meta("channel")}
+    drawn = [r["paper table"] for r in paper.summary_rows(metas)] + [r.contrast.table for r in paper.contrasts(metas)]
+    assert paper.tables_words(drawn) == "Tables 1 and 3"
+    assert paper.paper_gaps("attention56_cifar") == [0.37, 0.72, 0.81, 0.96]  # Tables 3, 1, 1, 4
+    assert paper.paper_gaps("attention56_imagenet") == []
+
+
+def test_the_readme_states_the_gaps_the_compare_page_computes_from_the_shipped_checkpoints():
+    """One source for every figure: the README's gaps are paper.contrasts over the shipped checkpoints' recorded
+    accuracies, the numbers the Compare page shows."""
+    from pathlib import Path
+
+    from resattn.checkpoint import read_meta
+
+    root = Path(__file__).resolve().parents[1]
+    shipped = {p.stem: read_meta(p) for p in sorted((root / "checkpoints").glob("attention56_cifar_*.safetensors"))}
+    gaps = {(r.a, r.b): r.gap for r in paper.contrasts(shipped)}
+    readme = " ".join((root / "README.md").read_text(encoding="utf-8").split())
+    for words, a, b in (("ARL − NAL", "mixed_arl", "mixed_nal"), ("mixed − channel", "mixed_arl", "channel_arl"),
+                        ("mixed − spatial", "mixed_arl", "spatial_arl")):
+        gap = f"{gaps[(f'attention56_cifar_{a}', f'attention56_cifar_{b}')]:+.2f}".replace("-", "−")
+        assert f"{words} {gap}" in readme, (words, gap)

@@ -3,9 +3,11 @@ image, masks over a dataset collected in cached chunks (with progress), and the 
 the sidebar (``picked_image``), so Explore can open it.
 
 * Datasets: ``RESATTN_DATASETS`` (``name=path,name=path``, the variable the jobs use; each path a folder or zip with
-  ``train/`` and ``test/`` or ``val/`` class folders), or an uploaded zip, checked and extracted by
-  :mod:`resattn.archive` into a temporary folder that lives as long as its cache entry (``check_and_extract``).
-  The page opens on :func:`default_dataset`, one whose classes the sidebar's model knows.
+  ``train/`` and ``test/`` or ``val/`` class folders, or ``cifar10``: torchvision's CIFAR-10, the default when the
+  variable is unset, listed like a folder by :class:`TorchvisionSplit` once :func:`download_cifar10` has fetched
+  it), or an uploaded zip, checked and extracted by :mod:`resattn.archive` into a temporary folder that lives as
+  long as its cache entry (``check_and_extract``). The page opens on :func:`default_dataset`, one whose classes
+  the sidebar's model knows.
 * Masks: :func:`resattn.masks.collect_masks` over ``limit`` images spread evenly through the split
   (:func:`resattn.masks.spread_indices`; splits are sorted by class, so this spreads over classes), decoded and
   cropped exactly as the sidebar's images are (:func:`resattn.images.load_image`, then the checkpoint's
@@ -19,12 +21,14 @@ the sidebar (``picked_image``), so Explore can open it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import io
 import os
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +39,7 @@ import torch
 from PIL import Image
 
 from resattn import archive, images, jobs, masks
-from resattn.data import DataError, Decoded, SplitSource, class_names, open_split, read_member
+from resattn.data import DataError, Decoded, SplitSource, class_names, load_split, open_split, read_member
 from resattn.preprocess import Preprocessing
 
 from . import state
@@ -56,12 +60,15 @@ PICK_KEY = "dataset_pick"
 
 
 def configured_datasets() -> dict[str, str]:
-    """``RESATTN_DATASETS`` as {name: path}; the jobs' parser, so both read the variable the same way."""
+    """``RESATTN_DATASETS`` as {name: path} (``{"cifar10": "cifar10"}`` when unset); the jobs' parser, so both
+    read the variable the same way."""
     return jobs.configured_datasets()
 
 
 def source_key(name: str, path: str) -> str:
     """A cache key for a configured dataset that changes when its file or folder changes."""
+    if is_torchvision(path):
+        return f"{name}={path}|torchvision"
     try:
         stat = os.stat(path)
         return f"{name}={os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}"
@@ -111,12 +118,15 @@ def upload_digest(data: bytes) -> str:
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def listing(key: str, path: str, split: str) -> SplitSource:
-    """The files of one split (no image decoded), cached by the dataset's key; raises ``DataError``."""
-    return open_split(path, split)
+    """The files of one split (no image decoded), cached by the dataset's key; raises ``DataError`` (for
+    torchvision's CIFAR-10 not yet downloaded: one that says how to get it)."""
+    return torchvision_split(path, split) if is_torchvision(path) else open_split(path, split)
 
 
 def dataset_classes(name: str, path: str) -> list[str] | None:
-    """A configured dataset's class folders; None if unreadable."""
+    """A configured dataset's class folders (CIFAR-10's are known before it is downloaded); None if unreadable."""
+    if is_torchvision(path):
+        return list(CIFAR10_CLASSES)
     try:
         return listing(source_key(name, path), path, "test").classes
     except DataError:
@@ -135,6 +145,105 @@ def default_dataset(datasets: dict[str, str], meta: dict[str, Any]) -> str | Non
     """The dataset the page opens on: the first of ``datasets`` whose classes the model (``meta``) knows, else
     the first one; None when there is none."""
     return next((name for name, path in datasets.items() if fits(name, path, meta)), next(iter(datasets), None))
+
+
+# ------------------------------------------------------------------------------ torchvision's CIFAR-10
+
+#: CIFAR-10's classes in torchvision's label order (alphabetical, as a folder listing sorts them).
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
+
+
+def is_torchvision(path: str) -> bool:
+    """Whether a dataset path means torchvision's CIFAR-10 (``cifar10`` or ``cifar10:<folder>``, as ``--data``
+    takes it) rather than a folder or zip."""
+    return path == "cifar10" or path.startswith("cifar10:")
+
+
+def torchvision_root(path: str) -> str:
+    """The folder torchvision keeps CIFAR-10 in for ``path`` (the default is resattn.data's)."""
+    return os.path.expanduser(path.partition(":")[2] or os.path.join("~", ".cache", "resattn", "cifar10"))
+
+
+def offline_pointer(path: str) -> str:
+    """What to do where this server cannot download CIFAR-10."""
+    return (f"Without internet access on this server: copy `{CIFAR10_ARCHIVE}` (from "
+            f"https://www.cs.toronto.edu/~kriz/cifar.html) into `{torchvision_root(path)}` and press the button "
+            "again (the file is checked and unpacked, nothing is fetched); or put a zip of `train/` and `test/` class "
+            "folders on the server and start the app with `RESATTN_DATASETS=name=/path/to/dataset.zip`; or upload "
+            "such a zip here.")
+
+
+@functools.lru_cache(maxsize=2)
+def _torchvision_arrays(root: str, split: str) -> tuple[np.ndarray, list[int]]:
+    """A CIFAR-10 split in torchvision's folder ``root`` as torchvision unpickled it, N×32×32×3 uint8 and labels,
+    kept once per process; nothing is downloaded. Raises ``DataError`` when it is not there."""
+    try:
+        decoded = load_split(f"cifar10:{root}", split, download=False)
+    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
+        raise DataError(f"CIFAR-10 is not downloaded yet: download it on the Dataset page (torchvision keeps it "
+                        f"in {root})") from exc
+    return decoded.images.permute(0, 2, 3, 1).numpy(), decoded.labels.tolist()
+
+
+class TorchvisionSplit(SplitSource):
+    """A split of torchvision's CIFAR-10 listed as a folder would be (``test/cat/00003.png``, sorted by class);
+    :meth:`read` encodes the image from torchvision's arrays as PNG."""
+
+    def read(self, i: int) -> bytes:
+        buffer = io.BytesIO()
+        position = int(Path(self.items[i][0]).stem)  # the image's index in torchvision's split
+        Image.fromarray(_torchvision_arrays(torchvision_root(self.root), self.split)[0][position]).save(buffer, "PNG")
+        return buffer.getvalue()
+
+    def iter_bytes(self) -> Iterator[tuple[bytes, int]]:
+        for i, (_, label) in enumerate(self.items):
+            yield self.read(i), label
+
+
+def torchvision_split(path: str, split: str) -> TorchvisionSplit:
+    """One split of torchvision's CIFAR-10 (``test`` for test/val); raises ``DataError`` if not downloaded."""
+    split = "train" if split == "train" else "test"
+    _, labels = _torchvision_arrays(torchvision_root(path), split)
+    items = sorted(((f"{split}/{CIFAR10_CLASSES[c]}/{i:05d}.png", c) for i, c in enumerate(labels)),
+                   key=lambda item: (item[1], item[0]))
+    return TorchvisionSplit(path, split, list(CIFAR10_CLASSES), items)
+
+
+def download_cifar10(path: str) -> str:
+    """Have torchvision download CIFAR-10 for ``path`` (or unpack the archive already in its folder), then load
+    both splits to check them; returns what is there. Raises ``DataError`` with the reason and
+    :func:`offline_pointer`: nothing is reported downloaded unless it loads."""
+    source = f"cifar10:{torchvision_root(path)}"
+    try:
+        load_split(source, "test", download=True)
+        counts = [len(load_split(source, split, download=False).labels) for split in ("train", "test")]
+    except (OSError, RuntimeError, ValueError, EOFError) as exc:  # URLError is an OSError
+        raise DataError(f"CIFAR-10 could not be downloaded ({exc}). {offline_pointer(path)}") from exc
+    _torchvision_arrays.cache_clear()
+    return f"CIFAR-10 is in {torchvision_root(path)}: {counts[0]:,} training and {counts[1]:,} test images."
+
+
+def offer_download(path: str, key: str, container: Any = st) -> None:
+    """Say that CIFAR-10 is not downloaded, with a button that downloads it (rerunning the page once it loads,
+    with a note of what is there) and, when that fails, why and what to do instead."""
+    container.info(f"CIFAR-10 is not downloaded yet. torchvision can fetch it (about 170 MB, from the University "
+                   f"of Toronto) into `{torchvision_root(path)}`.")
+    if container.button("Download CIFAR-10", key=key, icon=":material/download:"):
+        try:
+            with st.spinner("Downloading and checking CIFAR-10 (about 170 MB)…"):
+                st.session_state["_cifar10_note"] = download_cifar10(path)
+        except DataError as exc:
+            container.error(str(exc))
+            return
+        listing.clear()
+        st.rerun()
+
+
+def downloaded_note(container: Any = st) -> None:
+    """The note :func:`offer_download` left for the run after a download, shown once."""
+    if note := st.session_state.pop("_cifar10_note", None):
+        container.success(f"Downloaded and checked: {note}")
 
 
 # ------------------------------------------------------------------------------------------------- model
@@ -236,12 +345,12 @@ def read_positions(split: SplitSource, positions: np.ndarray) -> list[tuple[str,
                     out.append((name, read_member(zf, name)))
                 except (DataError, OSError, zipfile.BadZipFile) as exc:
                     out.append((name, exc))
-    else:
+    else:  # a folder (read from disk), or torchvision's CIFAR-10 (encoded from its arrays)
         for p in positions:
             name = split.items[p][0]
             try:
-                out.append((name, Path(name).read_bytes()))
-            except OSError as exc:
+                out.append((name, split.read(int(p))))
+            except (OSError, DataError) as exc:
                 out.append((name, exc))
     return out
 

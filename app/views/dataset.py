@@ -75,7 +75,8 @@ if chosen not in [*datasets, UPLOAD] or (model_changed and chosen in datasets  #
         st.session_state["dataset_source"] = default
 source = c1.selectbox("Dataset", list(datasets) + [UPLOAD], key="dataset_source",
                       help="Datasets named in RESATTN_DATASETS (name=path,…: folders or zips with train/ and "
-                           "test/ or val/ class folders), or a zip you upload.")
+                           "test/ or val/ class folders; cifar10, the default when it is unset, is torchvision's "
+                           "CIFAR-10), or a zip you upload.")
 split = c2.radio("Split", ["test", "train"], key="dataset_split", horizontal=True,
                  help="test falls back to val/ (Imagenette's name for it)")
 st.session_state.setdefault("dataset_limit", tools.DEFAULT_LIMIT)
@@ -110,8 +111,12 @@ else:
 try:
     listing = tools.listing(dataset_key, path, split)
 except DataError as exc:
-    st.error(f"Cannot read {name}: {exc}")
+    if tools.is_torchvision(path):  # not downloaded yet: offer it, and say what to do without internet access
+        tools.offer_download(path, key="dataset_download")
+    else:
+        st.error(f"Cannot read {name}: {exc}")
     st.stop()
+tools.downloaded_note()
 
 # ---------------------------------------------------------------------------------------------- collect
 bar = st.progress(0.0, text="Collecting soft masks…")

@@ -23,7 +23,7 @@ from resattn import jobs
 from resattn.archive import ArchiveError
 from resattn.data import DataError, class_names, open_split
 
-from ui import job_access, state
+from ui import dataset_tools, job_access, state
 from ui.job_access import plain
 
 REFRESH_S = 2.0
@@ -56,9 +56,17 @@ def owner() -> str:
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def dataset_classes(path: str, mtime: float) -> list[str]:
-    """Display names of a dataset's training classes (read from its listing, no image decoded)."""
+def listed_classes(path: str, mtime: float) -> list[str]:
+    """Display names of a folder's or zip's training classes, cached until the file changes (``mtime``)."""
     return class_names(open_split(path, "train").classes)
+
+
+def dataset_classes(path: str) -> list[str]:
+    """Display names of a dataset's training classes (read from its listing, no image decoded; CIFAR-10's from
+    torchvision are known before it is downloaded); raises ``OSError`` or ``DataError``."""
+    if dataset_tools.is_torchvision(path):
+        return list(dataset_tools.CIFAR10_CLASSES)
+    return listed_classes(path, os.path.getmtime(path))
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
@@ -91,7 +99,7 @@ def job_classes(job: jobs.Job) -> list[str]:
         return [c.strip() for c in chosen.split(",") if c.strip()]
     data = jobs._option(job.options, "--data")
     try:
-        return dataset_classes(data, os.path.getmtime(data)) if data else []
+        return dataset_classes(data) if data else []
     except (OSError, DataError):
         return []
 
@@ -152,7 +160,8 @@ else:
     preset = left.radio("What to train", list(PRESETS), format_func=PRESETS.get, key="train_preset",
                         help="Frozen parts keep their weights and batch-norm statistics.")
     source = right.selectbox("Data", list(datasets) + [UPLOAD], key="train_data",
-                             help=f"Datasets named in {jobs.ENV_DATASETS} (name=path,...), or a zip you upload.")
+                             help=f"Datasets named in {jobs.ENV_DATASETS} (name=path,...; cifar10, the default "
+                                  "when it is unset, is torchvision's CIFAR-10), or a zip you upload.")
     upload, classes = None, []
     if source == UPLOAD:
         upload = right.file_uploader(
@@ -160,11 +169,17 @@ else:
             "class is then held out for testing)", type=["zip"], key="train_zip")
     else:
         try:
-            options = dataset_classes(datasets[source], os.path.getmtime(datasets[source]))
+            options = dataset_classes(datasets[source])
         except (OSError, DataError) as exc:
             right.error(f"Dataset {source} cannot be read: {exc}")
             options = []
         classes = right.multiselect("Classes (none chosen: all)", options, key="train_classes")
+        if dataset_tools.is_torchvision(datasets[source]):  # a job would download it: say so before it fails
+            try:
+                dataset_tools.torchvision_split(datasets[source], "test")
+            except DataError:
+                dataset_tools.offer_download(datasets[source], key="train_download", container=right)
+            dataset_tools.downloaded_note(right)
     c1, c2, c3 = st.columns(3)
     epochs = c1.number_input("Epochs", 0.1, float(limits.max_epochs), 1.0, 0.5, key="train_epochs",
                              help=f"At most {limits.max_epochs:g} on this server ({jobs.ENV_MAX_EPOCHS}).")

@@ -32,9 +32,16 @@ def jobs_dir(path: str | os.PathLike[str] | None = None) -> Path:
     return Path(path or os.environ.get(ENV_DIR) or Path.home() / ".cache" / "resattn" / "jobs").expanduser()
 
 
+#: What an unset ``RESATTN_DATASETS`` means: torchvision's CIFAR-10 (``--data cifar10``), which the trainer and the
+#: app's Dataset page download into ``~/.cache/resattn/cifar10`` when asked. Set the variable (to ``""`` for none)
+#: to replace it.
+DEFAULT_DATASETS = "cifar10=cifar10"
+
+
 def configured_datasets(text: str | None = None) -> dict[str, str]:
-    """``RESATTN_DATASETS`` (``name=path,name=path``) as a dict; entries without ``=`` are ignored."""
-    text = os.environ.get(ENV_DATASETS, "") if text is None else text
+    """``RESATTN_DATASETS`` (``name=path,name=path``) as a dict, :data:`DEFAULT_DATASETS` when it is unset; entries
+    without ``=`` are ignored. A path is a folder or zip of class folders, or ``cifar10`` for torchvision's."""
+    text = os.environ.get(ENV_DATASETS, DEFAULT_DATASETS) if text is None else text
     found: dict[str, str] = {}
     for item in text.split(","):
         name, sep, path = item.partition("=")

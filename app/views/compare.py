@@ -1,8 +1,12 @@
 """Compare: one image, one stage, every available model side by side, with the mask statistics the paper discusses,
-each model's mask parts (mixed / channel / spatial, ARL / NAL on the same photo), the checkpoints' accuracies
-against the paper's Tables 1, 3 and 4, and the quantity of its Fig. 4 (the mean absolute output of each stage)."""
+each model's mask over the picture it saw and its mask parts (mixed / channel / spatial, ARL / NAL on the same
+photo), the checkpoints' accuracies against the paper's tables that have a checkpoint here (Tables 1, 3 and 4 at
+most), and the quantity of its Fig. 4 (the mean absolute output of each stage)."""
 
+import html
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import plotly.graph_objects as go
@@ -13,8 +17,98 @@ from resattn import maps, paper
 
 from ui import components, parts_panels, predictions, state
 
-CONTRASTS = {"shared_fixed": "one fixed scale for the row", "shared_stretch": "one stretched scale for the row",
-             "per_model": "stretched per model"}
+CONTRASTS = {"shared_fixed": "one fixed scale per kind of mask",
+             "shared_stretch": "one stretched scale per kind of mask", "per_model": "stretched per model"}
+#: The kinds of mask, sigmoid first, with their natural ranges: kinds of different ranges never share a colour scale.
+KINDS: dict[maps.Quantity, tuple[str, str]] = {
+    "mask": ("sigmoid-mask", "Sigmoid masks (mixed and spatial attention), natural range 0 to 1"),
+    "channel_mask": ("channel-attention", ("Channel-attention masks (each position's channels L2-normalised), "
+                                           "natural range −1 to 1"))}
+PER_ROW = 3  # thumbnails per row: about 260 px each at 1280 px, large enough to read from the back of a room
+
+
+@dataclass(frozen=True)
+class Thumb:
+    """One model's channel-mean mask, with the picture that model saw (its own crop and size)."""
+
+    name: str
+    words: str  # attention type and learning rule, e.g. "mixed ARL"
+    mask: np.ndarray  # H×W: the channel mean of the mask of the stage's first module
+    quantity: maps.Quantity  # "mask" (sigmoid) or "channel_mask"
+    picture: np.ndarray  # H×W×3 uint8, components.picture_of
+
+
+def scale_groups(thumbs: Sequence[Thumb], contrast: str) -> list[tuple[maps.Quantity, list[Thumb], maps.Scale | None]]:
+    """The thumbnails grouped by quantity (sigmoid masks first), each group with the one scale its masks share,
+    or ``None`` when each is stretched on its own (contrast ``per_model``). Masks of different natural ranges
+    (sigmoid 0–1, channel attention −1–1) are never put on one scale: a scale pooled over both is centred on 0
+    and flattens every sigmoid mask into one colour."""
+    groups: list[tuple[maps.Quantity, list[Thumb], maps.Scale | None]] = []
+    for quantity in KINDS:
+        members = [t for t in thumbs if t.quantity == quantity]
+        if not members:
+            continue
+        shared = None if contrast == "per_model" else maps.scale_for(
+            np.concatenate([t.mask.ravel() for t in members]), quantity,
+            "fixed" if contrast == "shared_fixed" else "stretch")
+        groups.append((quantity, members, shared))
+    return groups
+
+
+def _label_html(thumb: Thumb) -> str:
+    """The model's name on its own line (breaking only after an underscore, never mid-word), then its kind."""
+    name = "_<wbr>".join(html.escape(part) for part in thumb.name.split("_"))
+    return (f'<div class="ra-thumb" style="font-size:15px;line-height:1.3;color:#262730;overflow-wrap:normal;'
+            f'word-break:normal"><b>{name}</b><br>{html.escape(thumb.words)}</div>')
+
+
+def _thumbnail(thumb: Thumb, shared: maps.Scale | None, alpha: float) -> None:
+    """One mask over its model's picture; with its own colorbar when it has its own scale."""
+    stats = maps.describe(thumb.mask)
+    if not stats.ok:
+        st.warning(f"{thumb.name}: {stats.problem}; not drawn as a map")
+    else:
+        scale = shared or maps.scale_for(thumb.mask, thumb.quantity, "stretch")
+        cmap = maps.cmap_for(scale, components.cmap("mask"), thumb.quantity)
+        heat = maps.colorize(maps.upsample(thumb.mask, thumb.picture.shape[:2]), scale.low, scale.high, cmap)
+        st.image(maps.to_png(maps.overlay(thumb.picture, heat, alpha)), output_format="PNG")  # PNG: no JPEG blur
+        if shared is None:
+            components.colorbar(scale, cmap)
+    st.markdown(_label_html(thumb), unsafe_allow_html=True)
+
+
+def fig4_words(baselines: Sequence[str]) -> str:
+    """What the Fig. 4 plot shows: a ResNet baseline is named only when one is among the models compared."""
+    shown = (f"for every model compared here, including the ResNet baseline {', '.join(f'`{b}`' for b in baselines)}"
+             if baselines else "for every model compared here")
+    return (f"The mean of |x| over the output of each stage (after its last unit), {shown}. The paper's Fig. 4 "
+            "plots it for Attention-164 under ARL and NAL and for ResNet-164: the response collapses under NAL "
+            "after the stage-2 modules. On one image of a small model it is an illustration, not a measurement.")
+
+
+def draw_thumbnails(thumbs: Sequence[Thumb], contrast: str, alpha: float) -> None:
+    """The thumbnails, :data:`PER_ROW` to a row, a group per kind of mask with its scale and colorbar."""
+    groups = scale_groups(thumbs, contrast)
+    if len(groups) > 1:
+        st.markdown("Sigmoid masks and channel-attention masks have different natural ranges (0 to 1 and −1 to 1), "
+                    "so they **never share a colour scale**: each kind has its own scale and colorbar. Compare "
+                    "colours within a kind, not across kinds.")
+    for quantity, members, shared in groups:
+        if len(groups) > 1:
+            st.markdown(f"**{KINDS[quantity][1]}**")
+        for first in range(0, len(members), PER_ROW):
+            for column, thumb in zip(st.columns(PER_ROW), members[first : first + PER_ROW]):
+                with column:
+                    _thumbnail(thumb, shared, alpha)
+        if shared is not None:
+            names = ", ".join(t.name for t in members)
+            components.colorbar(shared, maps.cmap_for(shared, components.cmap("mask"), quantity),
+                                note=f"one scale for the {KINDS[quantity][0]} thumbnails ({names}): "
+                                     f"{shared.description}")
+    if contrast == "per_model":
+        st.caption("Each thumbnail is stretched to its own 1st–99th percentile (its own colorbar): compare shapes, "
+                   "not values.")
+
 
 def _budget(entry: state.ModelEntry, meta: dict) -> str:
     """What a model's training amounted to (epochs, final-epoch test accuracy): comparisons between models mean
@@ -38,7 +132,9 @@ st.markdown(f"Image **{ctx.image_name}**, attention **stage {stage}** (mask stat
             + ("" if st.session_state.get("show_random") else "; untrained (random) models are hidden (sidebar switch)")
             + ".")
 
-rows, fig4, thumbs, failures, masks = [], [], [], [], []
+rows, fig4, failures, masks = [], [], [], []
+thumbs: list[Thumb] = []
+baselines: list[str] = []  # models without attention modules (the ResNet baseline of the paper's Fig. 4)
 known: dict[str, list[str]] = {}  # each model's class list -> the models that can name exactly those
 unsure: list[str] = []  # models whose top-1 probability is below their measured threshold
 progress = st.progress(0.0, text="Comparing models…")
@@ -55,10 +151,10 @@ for number, entry in enumerate(entries, start=1):
     classes = meta.get("classes") or []
     overrides = meta.get("overrides", {})
     name = state.short_label(entry)
+    words = f"{overrides.get('attention', 'mixed')} {str(overrides.get('learning', 'arl')).upper()}"
     row = {
         "model": name,
-        "attention": (f"{overrides.get('attention', 'mixed')} {str(overrides.get('learning', 'arl')).upper()}"
-                      if data.modules else "none"),
+        "attention": words if data.modules else "none",
         "trained": _budget(entry, meta),
         "top-1": classes[top] if top < len(classes) else f"class {top}",
         "p(top-1)": float(data.probs[top]),
@@ -68,9 +164,12 @@ for number, entry in enumerate(entries, start=1):
         stats = [maps.mask_statistics(m["mask"]) for m in modules]
         row["mean mask"] = float(np.mean([s["mean mask"] for s in stats]))
         row["fraction > 0.5"] = float(np.mean([s["fraction > 0.5"] for s in stats]))
-        scale = "channel_mask" if overrides.get("attention") == "channel" else "mask"
-        thumbs.append((name, maps.reduce_channels(modules[0]["mask"], "mean"), scale))
+        quantity = "channel_mask" if overrides.get("attention") == "channel" else "mask"
+        thumbs.append(Thumb(name, words, maps.reduce_channels(modules[0]["mask"], "mean"), quantity,
+                            components.picture_of(ctx.image, meta)))
         masks.append((entry, meta, name, modules[0]["mask"]))
+    if not data.modules:
+        baselines.append(name)
     rows.append(row)
     known.setdefault(predictions.classes_line(meta), []).append(name)
     if predictions.unsure_text(entry, data.probs):
@@ -101,28 +200,12 @@ for line, names in known.items():
 
 if thumbs:
     st.subheader(f"Stage {stage}, module 1: channel-mean mask per model")
+    alpha = float(st.session_state.get("alpha", components.DEFAULTS["alpha"]))
+    st.markdown(f"Each model's mask over the picture it saw (its own crop and size), at the Explore page's map "
+                f"opacity ({alpha:.0%}).")
     contrast = st.radio("Colour scale", list(CONTRASTS), key="contrast_compare", horizontal=True,
                         format_func=CONTRASTS.get)
-    colours = components.cmap("mask")
-    values = np.concatenate([t.ravel() for _, t, _ in thumbs])
-    quantity = "channel_mask" if any(q == "channel_mask" for _, _, q in thumbs) else "mask"
-    shared = None if contrast == "per_model" else maps.scale_for(
-        values, quantity, "fixed" if contrast == "shared_fixed" else "stretch")
-    side = 120
-    for first in range(0, len(thumbs), 6):
-        for column, (label, mask, q) in zip(st.columns(6), thumbs[first : first + 6]):
-            with column:
-                if not maps.describe(mask).ok:
-                    st.warning(f"{label}: constant / NaN mask")
-                    continue
-                scale = shared or maps.scale_for(mask, q, "stretch")
-                heat = maps.colorize(maps.upsample(mask, (side, side)), scale.low, scale.high, colours)
-                st.image(heat if shared else maps.with_colorbar(heat, scale, colours), caption=label)
-    if shared is not None:
-        st.image(maps.colorbar(shared, colours, 6 * side), caption=f"One scale for every thumbnail: {shared.description}")
-    else:
-        st.caption("Each thumbnail is stretched to its own 1st–99th percentile (its own colorbar): compare shapes, "
-                   "not values.")
+    draw_thumbnails(thumbs, contrast, alpha)
 
 if masks:
     st.subheader(f"Stage {stage}, module 1: each model's mask parts")
@@ -142,20 +225,26 @@ if masks:
                 for column, j in zip(st.columns(4), range(min(4, found.k))):
                     column.image(parts_panels.part_png(found, j, picture, side=220),
                                  caption=f"part {j + 1}: {found.energy[j]:.0%} of the energy")
-        st.caption("Each part over the image the model saw, scaled to its own maximum (colorbar 0–1); parts describe "
-                   "where each mask varies, not what the model uses to classify.")
+                parts_panels.part_colorbar()  # one scale for every part of the row
+        st.caption("Each part over the image the model saw, scaled to its own maximum (the colorbar under each row); "
+                   "parts describe where each mask varies, not what the model uses to classify.")
 
-st.subheader("The paper's Tables 1, 3 and 4 with these checkpoints")
 trained = {state.short_label(e): e.meta for e in entries if not e.random and not e.error}
 summary = paper.summary_rows(trained)
-if summary:
+pairs = paper.contrasts(trained)
+# the heading names exactly the tables that have a row or a comparison below it
+tables = paper.tables_words([r["paper table"] for r in summary] + [r.contrast.table for r in pairs])
+st.subheader(f"The paper's {tables} with these checkpoints" if tables else "The paper's CIFAR-10 tables")
+if not summary:
+    st.info("No checkpoint here is a variant the paper reports a CIFAR-10 figure for (full width, trained from "
+            "scratch on CIFAR-10), so none stands beside the paper's tables.")
+else:
     st.dataframe(summary, hide_index=True, column_config={
         "epochs": st.column_config.NumberColumn(format="%g"),
         "test error (%)": st.column_config.NumberColumn(
             format="%.2f", help="Final-epoch top-1 error on the model's test split, from the checkpoint"),
         "paper error (%)": st.column_config.NumberColumn(
             format="%.2f", help="The paper's CIFAR-10 top-1 error for this variant, from the table named beside it")})
-pairs = paper.contrasts(trained)
 if pairs:
     # one line per pair (wraps at any width, unlike a wide table); gaps in points of error, positive when the
     # paper's better variant (named first) is better here too
@@ -169,17 +258,16 @@ if pairs:
                "p₂(1−p₂)/n), over n test images, counted as independent (both models see the same images; where "
                "their mistakes fall on the same images, as they usually do, the true figure is smaller). "
                "Seed-to-seed spread is not in it: with one seed per variant a gap beyond "
-               "it is a hint, not evidence about the architectures. The paper's Attention-56 gaps are 0.37–0.96 "
-               "points.")
+               "it is a hint, not evidence about the architectures. The paper's Attention-56 gaps are "
+               f"{min(paper.paper_gaps('attention56_cifar')):.2f}–{max(paper.paper_gaps('attention56_cifar')):.2f} "
+               "points. Accuracies and gaps here are the checkpoints' recorded final-epoch figures, the ones the "
+               "README states.")
 else:
     st.info("No two trained CIFAR-10 checkpoints here differ the way one of the paper's comparisons does "
             "(mixed / channel / spatial attention, ARL / NAL, hourglass / local mask).")
 
 st.subheader("The paper's Fig. 4: mean absolute output of each stage")
-st.markdown("The mean of |x| over the output of each stage (after its last unit), for every model including the "
-            "ResNet baseline. Fig. 4 plots this for Attention-164 under ARL and NAL and ResNet-164, where the "
-            "response collapses under NAL after the stage-2 modules. On one image of a small model it is an "
-            "illustration, not a measurement.")
+st.markdown(fig4_words(baselines))
 if fig4:
     figure = go.Figure()
     for entry in fig4:

@@ -106,18 +106,21 @@ class DeletionResult:
 def deletion_curves(model: nn.Module, x: torch.Tensor, target: int, stage: int, index: int, names: Sequence[str],
                     ig_steps: int = 16, steps: int = F.DEFAULT_STEPS, progress: Progress = _none, *,
                     reference: str = "mask", other: torch.Tensor | None = None) -> DeletionResult:
-    """:func:`resattn.faithfulness.saliency_maps` (with progress), then
-    :func:`resattn.faithfulness.faithfulness_curves` with the library's defaults."""
+    """:func:`resattn.faithfulness.saliency_maps`, then :func:`resattn.faithfulness.faithfulness_curves` with the
+    library's defaults one map at a time (the same curves: each perturbed image is scored on its own), with progress
+    before each map is computed and before it is scored."""
     start = time.perf_counter()
-    total = len(names) + 1
+    total = 2 * len(names)  # each map computed, then scored (its perturbed images run through the model)
 
     def maps_progress(done: int, _total: int, text: str) -> None:
         progress(done, total, f"computing {text}")
 
     found = F.saliency_maps(model, x, target, stage, index, names, ig_steps=ig_steps, reference=reference,
                             other=other, progress=maps_progress)
-    progress(len(names), total, f"scoring {2 * (steps + 1) * len(names)} perturbed images")
-    curves = F.faithfulness_curves(model, x, target, found, steps)
+    curves: dict[str, dict[str, F.Curve]] = {}
+    for done, name in enumerate(names, start=len(names)):  # one map at a time, so the bar moves while scoring
+        progress(done, total, f"scoring {F.MAP_NAMES[name]} ({2 * (steps + 1)} perturbed images)")
+        curves.update(F.faithfulness_curves(model, x, target, {name: found[name]}, steps))
     size = tuple(x.shape[-2:])
     progress(total, total, "done")
     return DeletionResult(
@@ -128,33 +131,41 @@ def deletion_curves(model: nn.Module, x: torch.Tensor, target: int, stage: int, 
         size, steps, F.blur_sigma_for(size), time.perf_counter() - start)
 
 
+#: The curves' titles: short enough to fit over each half of the chart at 1280 px (what each curve does is said in
+#: the text above the chart).
+CURVE_TITLES = ("Deletion: lower AUC is better", "Insertion: higher AUC is better")
+TITLE_PX = 16
+
+
 def _curve_figure(result: DeletionResult, class_name: str) -> go.Figure:
-    figure = make_subplots(rows=1, cols=2, horizontal_spacing=0.08, subplot_titles=(
-        "Deletion: pixels replaced by the mean colour (lower AUC is better)",
-        "Insertion: pixels revealed on a blurred image (higher AUC is better)"))
+    """Deletion and insertion side by side, with titles and axis labels that fit each half at 1280 px."""
+    figure = make_subplots(rows=1, cols=2, horizontal_spacing=0.12, subplot_titles=CURVE_TITLES)
+    figure.update_annotations(font_size=TITLE_PX)
     for col, kind in enumerate(("deletion", "insertion"), start=1):
         for name in result.names:
             figure.add_trace(go.Scatter(
                 x=result.fractions, y=getattr(result, kind)[name], mode="lines", showlegend=col == 1,
                 name=f"{F.MAP_NAMES[name]}", legendgroup=name, line=dict(color=COLOURS.get(name))), row=1, col=col)
-        figure.update_xaxes(title_text=f"fraction of pixels {'deleted' if kind == 'deletion' else 'inserted'}, "
-                            "most important first", range=[0, 1], row=1, col=col)
+        figure.update_xaxes(title_text=f"fraction of pixels {'deleted' if kind == 'deletion' else 'inserted'}",
+                            range=[0, 1], row=1, col=col)
     figure.update_yaxes(title_text=f"p({class_name})", range=[0, 1.02], row=1, col=1)
     figure.update_yaxes(range=[0, 1.02], row=1, col=2)
-    figure.update_layout(height=360, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.25))
+    figure.update_layout(height=400, margin=dict(l=10, r=10, t=40, b=10), font=dict(size=14),
+                         legend=dict(orientation="h", y=-0.25))
     return figure
 
 
-def _map_panel(picture_side: int, amap: np.ndarray, quantity: str, contrast: str, cmap: str, title: str) -> None:
-    """One map with its colorbar and its scale stated (or why it is not drawn)."""
-    stats = maps.describe(amap)
+def _map_panel(picture_side: int, amap: np.ndarray, quantity: maps.Quantity, contrast: maps.Contrast,
+               chosen_cmap: str, title: str, stats: maps.MapStats | None = None) -> None:
+    """One map with its colorbar as page text, which states its scale (or why it is not drawn)."""
+    stats = stats or maps.describe(amap)
     if not stats.ok:
         st.warning(f"{title}: {stats.problem}. Not drawn as a map.")
         return
-    scale = maps.scale_for(amap, quantity, contrast)  # type: ignore[arg-type]
+    scale = maps.scale_for(amap, quantity, contrast)
+    cmap = maps.cmap_for(scale, chosen_cmap, quantity)  # a signed map gets a diverging colormap
     heat = maps.colorize(maps.upsample(amap, (picture_side, picture_side)), scale.low, scale.high, cmap)
-    st.image(maps.with_colorbar(heat, scale, cmap), caption=f"{title} · {stats.summary()} · colours: "
-             f"{scale.description} ({cmap})")
+    components.map_image(maps.to_png(heat), scale, cmap, caption=f"{title} · {stats.summary()}")
 
 
 def deletion_insertion_panel(ctx: components.Context, target: int) -> None:
@@ -177,7 +188,9 @@ def deletion_insertion_panel(ctx: components.Context, target: int) -> None:
     other = components.other_image(ctx, "faithful_other", "Another image (for the control “another image's map”)")
     if other is None:
         names = [n for n in names if n != "other"]
-    if not st.toggle("Compute the deletion and insertion curves (a few seconds)", key="faithful_deletion"):
+    scored = 2 * (F.DEFAULT_STEPS + 1) * len(names)
+    if not st.toggle(f"Compute the deletion and insertion curves ({len(names)} maps, {scored} perturbed images to "
+                     "score: up to tens of seconds on a CPU, with a progress bar)", key="faithful_deletion"):
         return
     ig_steps = ig_steps_setting()
     key = ("deletion", ctx.entry.key, ctx.image_hash, int(target), ctx.stage, ctx.index, tuple(names), ig_steps,
@@ -218,11 +231,12 @@ def deletion_insertion_panel(ctx: components.Context, target: int) -> None:
         f"maps only under the same settings. Computed in {result.seconds:.1f} s.")
     with st.expander("The maps that ordered the pixels"):
         contrast = st.session_state.get("contrast_attribution", "stretch")
-        for column, name in zip(st.columns(len(result.names)), result.names):
-            with column:
-                quantity = ctx.mask_scale if name == "mask" else "attribution"
-                cmap = components.cmap("mask" if name == "mask" else "attribution")
-                _map_panel(160, result.maps[name], quantity, contrast, cmap, F.MAP_NAMES[name])
+        for first in range(0, len(result.names), PER_ROW):  # PER_ROW to a row: room for each colorbar's numbers
+            for column, name in zip(st.columns(PER_ROW), result.names[first : first + PER_ROW]):
+                with column:
+                    quantity = ctx.mask_scale if name == "mask" else "attribution"
+                    cmap = components.cmap("mask" if name == "mask" else "attribution")
+                    _map_panel(SIDE, result.maps[name], quantity, contrast, cmap, F.MAP_NAMES[name])
 
 
 # ------------------------------------------------------------------------------------------- sanity check
@@ -335,7 +349,4 @@ def sanity_panel(ctx: components.Context) -> None:
                     if not stats.ok:
                         st.caption(f"{_step_label(step.block)}: {stats.problem}")
                         continue
-                    scale = maps.scale_for(amap, quantity, contrast)
-                    heat = maps.colorize(maps.upsample(amap, (SIDE, SIDE)), scale.low, scale.high, cmap)
-                    st.image(maps.with_colorbar(heat, scale, cmap),
-                             caption=f"{_step_label(step.block)} · {scale.description} ({cmap})")
+                    _map_panel(SIDE, amap, quantity, contrast, cmap, _step_label(step.block), stats)

@@ -54,7 +54,6 @@ __all__ = [
     "reduce_channels",
     "upsample",
     "describe",
-    "value_range",
     "colorize",
     "overlay",
     "tile",
@@ -272,27 +271,6 @@ def cmap_for(scale: Scale, chosen: str | None, quantity: Quantity) -> str:
     if (chosen in DIVERGING_CMAPS) == scale.diverging:
         return chosen
     return FALLBACK_CMAPS["diverging"] if scale.diverging else FALLBACK_CMAPS[quantity]
-
-
-def value_range(stats: MapStats, kind: Literal["auto", "mask", "channel_mask"] = "auto") -> tuple[float, float, bool]:
-    """(low, high, diverging) for the colour scale.
-
-    ``mask``: the fixed [0, 1] of a sigmoid mask, so 0.5 everywhere looks like 0.5, not like contrast.
-    ``channel_mask``: [−1, 1], the range of the channel (L2) activation. ``auto``: signed maps get a symmetric
-    scale around 0 (diverging colours), non-negative maps [0, max], non-positive maps [min, 0].
-    """
-    if kind == "mask":
-        return 0.0, 1.0, False
-    if kind == "channel_mask":
-        return -1.0, 1.0, True
-    if not stats.ok or not np.isfinite(stats.maximum):
-        return 0.0, 1.0, False
-    if stats.minimum < 0 < stats.maximum:
-        bound = max(abs(stats.minimum), abs(stats.maximum))
-        return -bound, bound, True
-    if stats.maximum <= 0:
-        return stats.minimum, 0.0, False
-    return 0.0, stats.maximum, False
 
 
 def colorize(map2d: np.ndarray, low: float, high: float, cmap: str = "viridis") -> np.ndarray:

@@ -152,6 +152,17 @@ def test_bad_upload_is_reported_and_the_app_goes_on(app, kind):
     assert len(at.image) >= 5  # the good image is still explored
 
 
+def test_an_animated_gif_says_only_its_first_frame_is_used(app):
+
+    frames = [photo(40, 40, seed=s) for s in (1, 2, 3)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    at = upload(app, ("wave.gif", buffer.getvalue()))
+    no_exceptions(at)
+    assert any("wave.gif is animated (3 frames)" in i.value and "first frame" in i.value for i in at.sidebar.info)
+    assert len(at.image) >= 5  # and the first frame is explored
+
+
 def test_an_upload_error_is_also_shown_on_the_page(app):
     name, data = bad_files()["corrupt"]
     at = upload(app, (name, data))
@@ -341,7 +352,7 @@ def test_compare_page_lists_every_loadable_model_and_figure_4_for_all(app):
     assert len(at.dataframe) == 2
     assert any("No two trained CIFAR-10 checkpoints" in i.value for i in at.info)
     assert any("z_broken" in e.value for e in at.error)
-    assert any("One scale for every thumbnail" in c for i in at.image for c in i.captions)
+    assert any("one scale for the sigmoid-mask thumbnails" in b for b in colorbars(at))
     at.radio(key="contrast_compare").set_value("per_model").run()
     no_exceptions(at)
     assert any("own 1st–99th percentile" in c.value for c in at.caption)

@@ -73,15 +73,6 @@ def test_degenerate_maps_are_flagged(values, problem):
     assert not stats.ok and problem in stats.problem and problem in stats.summary()
 
 
-def test_value_range_keeps_sign_and_fixed_mask_scale():
-    signed = maps.describe(np.array([[-1.0, 4.0]]))
-    assert maps.value_range(signed) == (-4.0, 4.0, True)
-    positive = maps.describe(np.array([[1.0, 4.0]]))
-    assert maps.value_range(positive) == (0.0, 4.0, False)
-    assert maps.value_range(positive, "mask") == (0.0, 1.0, False)
-    assert maps.value_range(signed, "channel_mask") == (-1.0, 1.0, True)
-
-
 def test_view_map_draws_flagged_maps_flat():
     picture = np.zeros((16, 16, 3), np.uint8)
     view = maps.view_map(np.full((4, 2, 2), 0.5, np.float32), "M", picture, quantity="mask", contrast="stretch")

@@ -165,7 +165,7 @@ def colorbar(scale: maps.Scale, cmap_name: str, note: str | None = None, contain
 def map_image(picture: np.ndarray | bytes, scale: maps.Scale, cmap_name: str, caption: str | None = None,
               note: str | None = None, container: Any = st) -> None:
     """A map as the app shows it: the picture, its colorbar as page text, then the caption."""
-    container.image(picture)
+    container.image(picture, output_format="PNG")  # "auto" sends arrays as JPEG, which smears a map's edges
     colorbar(scale, cmap_name, note, container)
     if caption:
         container.caption(caption)
@@ -283,6 +283,8 @@ def _image_input(meta: dict[str, Any]) -> tuple[Image.Image, str, str] | None:
         st.session_state.pop("image_choice", None)
     name = st.sidebar.selectbox("Image", list(good), key="image_choice") if len(good) > 1 else next(iter(good))
     image, digest = good[name]
+    for note in images.image_notes(image):  # e.g. only the first frame of an animated GIF is used
+        st.sidebar.info(note)
     return image, name, digest
 
 

@@ -56,7 +56,7 @@ except (resattn.CheckpointError, LookupError) as exc:
     st.stop()
 entry, model, meta = choice.entry, choice.model, choice.meta
 quantity = "channel_mask" if meta.get("overrides", {}).get("attention") == "channel" else "mask"
-text = f"**Model shown:** `{state.short_label(entry)}` — {entry.label.split(' — ', 1)[-1]}"
+text = components.banner_text(entry)
 if entry.random:
     st.warning(text + " — **RANDOM** initialisation, untrained.")
 else:
@@ -209,9 +209,9 @@ if pages > 1:
 else:
     page = 1
 chunk = rows[(page - 1) * PER_PAGE : page * PER_PAGE]
-colours = components.cmap("mask")
 scale = shared_scale(ms.masks[module][chunk], quantity, contrast, "the masks on this page") if len(chunk) else \
     maps.scale_for(np.zeros(1), quantity, "fixed")
+colours = maps.cmap_for(scale, components.cmap("mask"), quantity)  # type: ignore[arg-type]
 for first in range(0, len(chunk), COLUMNS):
     for column, row in zip(st.columns(COLUMNS), chunk[first : first + COLUMNS]):
         with column:
@@ -228,10 +228,9 @@ for first in range(0, len(chunk), COLUMNS):
             st.caption(f"#{ms.index[row]} · {truth} → {guess} {mark} · p {ms.confidence[row]:.2f} · "
                        f"{STAT_SHORT[stat]} {stats[stat][row]:.3f}")
 if len(chunk):
-    st.image(maps.colorbar(scale, colours, THUMB * COLUMNS),
-             caption=f"One scale for every thumbnail on this page: {scale.description} ({colours}). Mask = "
-                     f"channel mean of M, stage {choice.stage} module {choice.index} ({h}×{w}), upsampled "
-                     "bilinearly to the picture." + (f" Overlay opacity {alpha:.2f}." if overlaid else ""))
+    components.colorbar(scale, colours, note=f"one scale for every thumbnail on this page: {scale.description}")
+    st.caption(f"Mask = channel mean of M, stage {choice.stage} module {choice.index} ({h}×{w}), upsampled "
+               "bilinearly to the picture." + (f" Overlay opacity {alpha:.2f}." if overlaid else ""))
 else:
     st.info("No image passes these filters.")
 
@@ -239,15 +238,15 @@ else:
 st.subheader(f"Per-class mean masks, stage {choice.stage} module {choice.index}")
 means = ms.class_means[module][present]
 class_scale = shared_scale(means, quantity, contrast, "the class means")
+class_colours = maps.cmap_for(class_scale, components.cmap("mask"), quantity)  # type: ignore[arg-type]
 for first in range(0, len(present), COLUMNS):
     for column, c in zip(st.columns(COLUMNS), present[first : first + COLUMNS]):
         with column:
             heat = maps.colorize(maps.upsample(ms.class_means[module][c], (THUMB, THUMB)), class_scale.low,
-                                 class_scale.high, colours)
+                                 class_scale.high, class_colours)
             correct = float(ms.correct[ms.labels == c].mean())
             st.image(heat, caption=f"{ms.classes[c]} (n = {ms.class_counts[c]}, top-1 {correct:.0%})", width="stretch")
-st.image(maps.colorbar(class_scale, colours, THUMB * COLUMNS),
-         caption=f"One scale for every class mean: {class_scale.description} ({colours}). Mean over the images of "
-                 f"each true class of the channel-mean mask at {h}×{w}.")
+components.colorbar(class_scale, class_colours, note=f"one scale for every class mean: {class_scale.description}")
+st.caption(f"Mean over the images of each true class of the channel-mean mask at {h}×{w}.")
 st.caption(f"⏱ Page computed in {(time.perf_counter() - start) * 1000:.0f} ms, of which {result.seconds:.2f} s for "
            f"the masks (computed once per model, dataset, split and limit, in chunks of {tools.CHUNK} images)")

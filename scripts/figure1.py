@@ -11,7 +11,8 @@ installed packages: scikit-learn's ``china.jpg`` for the README, scikit-image's 
 The checkpoint defaults to the photo model in ``checkpoints/`` (a model trained on larger-than-CIFAR images). The
 photo goes through the checkpoint's own preprocessing (``resattn.preprocess``: resize, centre crop, normalise), so
 the maps are what the network computes for the input shown in the first column. Every map is the mean over
-channels (written on the figure); T and H are signed and drawn symmetric around 0.
+channels (written on the figure); T and H are drawn on a scale that follows their sign (centred on 0, with a
+diverging colormap, only when they have both signs).
 
 With ``--parts`` each stage's row shows instead the soft mask's largest parts (:func:`resattn.parts.mask_parts`:
 a non-negative factorisation of the C×H×W mask into spatial parts, k chosen automatically unless ``--k``), each over
@@ -155,7 +156,8 @@ def figure(photo: bytes, photo_name: str, checkpoint: Path, out: Path, size: tup
             reduced = maps.reduce_channels(tensor[0], "mean")
             scale = maps.scale_for(reduced, quantity, contrast)  # type: ignore[arg-type]
             ax = axes[row, column]
-            shown = ax.imshow(reduced, cmap=maps.DEFAULT_CMAPS[kind], vmin=scale.low, vmax=scale.high,
+            cmap = maps.cmap_for(scale, maps.DEFAULT_CMAPS[kind], quantity)  # type: ignore[arg-type]
+            shown = ax.imshow(reduced, cmap=cmap, vmin=scale.low, vmax=scale.high,
                               interpolation="bilinear")
             ax.set_title(f"{title} (channel mean)", fontsize=10)
             ax.set_xticks([])

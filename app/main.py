@@ -25,9 +25,12 @@ PAGES = [
     st.Page("views/dataset.py", title="Dataset", icon=":material/grid_view:"),
     st.Page("views/learn.py", title="Learn", icon=":material/school:"),
     st.Page("views/train.py", title="Train", icon=":material/model_training:"),
+    st.Page("views/lecture.py", title="Lecture", icon=":material/co_present:"),
 ]
 
 page = st.navigation(PAGES)
+if page.url_path != "lecture" and ("room" in st.query_params or "lecture" in st.query_params):
+    st.switch_page("views/lecture.py", query_params=st.query_params.to_dict())  # /?room=CODE, /?lecture=NAME
 components.style()
 components.keep_widget_state()
 st.session_state.pop("_context", None)

@@ -13,13 +13,13 @@ ROOT = Path(__file__).resolve().parents[1]
 #: resattn's top-level modules and packages, lowest layer first: a module may import only from its own layer's
 #: package or from a lower layer (the README's "Layout" section draws the same picture).
 LAYERS: list[set[str]] = [
-    {"_version", "blocks", "counting", "paper", "preprocess", "maps", "graphs", "confidence"},  # leaves
+    {"_version", "blocks", "counting", "paper", "preprocess", "maps", "graphs", "confidence", "lecture"},  # leaves
     {"attention", "data"},                                                        # the attention module; datasets
     {"networks", "inspect", "images", "attribution"},                             # networks; looking inside them
     {"registry", "archive"},                                                      # named models; uploaded archives
     {"checkpoint"},                                                               # safe files of named models
     {"masks", "parts", "train"},                                                  # masks, their parts; training
-    {"faithfulness", "evaluate"},                                                 # faithfulness; trained files
+    {"faithfulness", "evaluate", "scenes"},                                       # faithfulness; trained files; lectures
     {"jobs"},                                                                     # background fine-tuning jobs
 ]
 LAYER = {name: depth for depth, names in enumerate(LAYERS) for name in names}

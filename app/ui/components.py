@@ -39,7 +39,7 @@ PERSISTENT = ("model", "show_random", "source", "gallery", "image_choice", "stag
               "dataset_alpha", "dataset_page", "faithful_deletion", "sanity_run", "sanity_maps", "parts_k", "parts_pick",
               "parts_rank", "parts_dataset", "atlas_order", "atlas_page", "faithful_other", "knockout_other",
               "sanity_seed", "faithful_dataset", "faithful_dataset_limit", "faithful_pair_a", "faithful_pair_b",
-              "faithful_dataset_run")
+              "faithful_dataset_run", "lecture_mode", "lecture_choice", "lecture_follow")
 
 
 #: Starting values of the shared controls (widgets are created without their own defaults, so the value in
@@ -379,6 +379,10 @@ def _picture(model_key: str, image_hash: str, meta: dict, _image: Image.Image) -
 def sidebar() -> Context | None:
     """Draw the shared controls and return the context, or None when there is no usable image yet."""
     st.sidebar.header("resattn explorer")
+    following = st.session_state.get("lecture_follow")
+    if following and st.session_state.get("lecture_mode") == "follow":
+        if st.sidebar.button(f"Follow room {following} again", icon=":material/sync:", key="follow_again"):
+            st.switch_page("views/lecture.py")
     entry, model, meta, notes = _pick_model()
     chosen = _image_input(meta)
     counts = _module_counts(model)

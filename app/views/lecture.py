@@ -1,0 +1,199 @@
+"""Lecture: present a lecture file scene by scene, or follow a presenter's room.
+
+The presenter opens a lecture (here, or at ``/?lecture=NAME``) and gets a room code; students open
+``/?room=CODE`` (or type the code) and see the presenter's scene within a second of every change, without
+touching anything. Scenes are computed once per server (:func:`rendered`) and shared by every follower. Thin over
+:mod:`resattn.lecture` (the file format) and :mod:`resattn.scenes` (what a scene shows).
+"""
+
+from pathlib import Path
+
+import streamlit as st
+from ui import components, rooms, state
+
+from resattn import scenes
+from resattn.lecture import Lecture, LectureError, Scene, find_lectures, load_lecture
+
+LECTURES = Path(__file__).resolve().parents[1] / "lectures"
+#: How often a follower's page asks the server whether the room moved (seconds).
+POLL_SECONDS = 0.5
+PER_ROW = 4
+#: The keyboard for the presenter: → or space for the next scene, ← for the previous one.
+KEYS = """<script>
+const doc = window.parent.document;
+if (!doc.__resattnKeys) {
+  doc.__resattnKeys = true;
+  doc.addEventListener('keydown', (e) => {
+    if (['INPUT', 'TEXTAREA', 'SELECT'].includes(e.target.tagName) || e.target.isContentEditable) return;
+    const label = (e.key === 'ArrowRight' || e.key === ' ') ? 'Next scene' : e.key === 'ArrowLeft' ? 'Previous scene' : null;
+    if (!label) return;
+    const button = [...doc.querySelectorAll('button')].find((b) => b.innerText.trim().startsWith(label));
+    if (button && !button.disabled) { e.preventDefault(); button.click(); }
+  });
+}
+</script>"""
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def lecture_file(path: str, mtime: int) -> Lecture:
+    """The lecture at ``path`` (raises LectureError)."""
+    return load_lecture(path)
+
+
+@st.cache_resource(show_spinner=False, max_entries=128)
+def rendered(path: str, mtime: int, number: int, checkpoints: str) -> scenes.Rendered:
+    """Scene ``number`` of the lecture at ``path``, computed once per server and shared by every session."""
+    lecture = lecture_file(path, mtime)
+    return scenes.render_scene(lecture.scenes[number - 1], scenes.Resources(checkpoints, lecture.folder))
+
+
+def open_lecture(name: str) -> tuple[Lecture, Path] | None:
+    """The lecture called ``name`` in app/lectures/, or None after saying why not."""
+    found = find_lectures(LECTURES)
+    if name not in found:
+        st.error(f"No lecture {name!r}; there are: {', '.join(found) or 'none'} (files in app/lectures/).")
+        return None
+    path = found[name]
+    try:
+        return lecture_file(str(path), path.stat().st_mtime_ns), path
+    except LectureError as exc:
+        st.error(f"The lecture file cannot be used: {exc}")
+        return None
+
+
+def show_scene(lecture: Lecture, path: Path, number: int) -> None:
+    """Scene ``number``: "Scene k of n", its title, text, question and what it shows."""
+    scene = lecture.scenes[number - 1]
+    st.markdown(f"**Scene {number} of {len(lecture.scenes)}** · {lecture.title}")
+    st.header(scene.title)
+    st.markdown(scene.text)
+    if scene.question:
+        st.info(f"**Question for the class:** {scene.question}", icon=":material/forum:")
+    try:
+        with st.spinner("Computing this scene (once for the whole room)…"):
+            shown = rendered(str(path), path.stat().st_mtime_ns, number, str(state.checkpoint_dir()))
+    except LectureError as exc:
+        st.error(str(exc))
+        return
+    for first in range(0, len(shown.panels), PER_ROW):
+        for column, panel in zip(st.columns(PER_ROW), shown.panels[first : first + PER_ROW]):
+            with column:
+                st.markdown(f"**{panel.title}**")
+                if panel.scale is None:
+                    column.image(panel.picture, output_format="PNG")
+                else:
+                    components.map_image(panel.picture, panel.scale, panel.cmap, caption=panel.caption)
+    if shown.table:
+        st.dataframe(shown.table, hide_index=True)
+    for fact in shown.facts:
+        st.markdown(f"- {fact}")
+    if shown.panels or shown.table:
+        st.caption(f"Computed live from the shipped checkpoints in {shown.seconds:.2f} s, once for the whole room.")
+
+
+def explore_from_here(scene: Scene) -> None:
+    """Set the sidebar and page controls to the scene's view and mark its page to open (a button callback: the
+    controls can only be set before their widgets are drawn). A follower's own copy; the room does not move."""
+    view = scene.view
+    target = {"explore": "views/explore.py", "attribution": "views/attribution.py", "learn": "views/learn.py",
+              "compare": "views/compare.py"}.get(view.page, "views/explore.py")
+    model = view.get("model") or (view.get("models") or [None])[0]
+    entry = next((e for e in state.catalogue(include_random=False) if e.path and e.path.stem == model), None)
+    if entry is not None:
+        st.session_state["model"] = entry.key
+    image = view.get("image")
+    if image:
+        label = next((k for k in components._gallery_items() if k.lower().startswith(str(image).lower())), None)
+        if label:
+            st.session_state["source"], st.session_state["gallery"] = "Gallery", label
+    st.session_state["stage"], st.session_state["module"] = view.get("stage"), view.get("module")
+    if view.page == "explore":
+        st.session_state["reduction"] = view.get("reduction")
+        st.session_state["contrast_explore"] = view.get("contrast")
+        st.session_state["topk"] = view.get("k")
+    if view.page == "attribution":
+        st.session_state["methods"] = [view.get("method")]
+    st.session_state["_lecture_goto"] = target
+
+
+def present() -> None:
+    """The presenter's view: pick a lecture, get a room, move through the scenes."""
+    found = find_lectures(LECTURES)
+    if not found:
+        st.error("No lecture files in app/lectures/.")
+        return
+    if st.session_state.get("lecture_choice") not in found:
+        st.session_state["lecture_choice"] = "paper" if "paper" in found else next(iter(found))
+    name = st.selectbox("Lecture", list(found), key="lecture_choice")
+    opened = open_lecture(name)
+    if opened is None:
+        return
+    lecture, path = opened
+    store = rooms.rooms()
+    room = store.get(st.session_state.get("lecture_room", ""))
+    if room is None or room.lecture != name or room.token != st.session_state.get("lecture_token"):
+        room = store.open(name, len(lecture.scenes))
+        st.session_state["lecture_room"], st.session_state["lecture_token"] = room.code, room.token
+    code, token = room.code, room.token
+    st.success(f"**Room {code}**: students open this app with `?room={code}` after its address, or type "
+               f"**{code}** under “Follow a room”.", icon=":material/groups:")
+    back, where, forward, end = st.columns([1, 1, 1, 1])
+    back.button("Previous scene", icon=":material/arrow_back:", disabled=room.scene <= 1, width="stretch",
+                on_click=store.show, args=(code, token, room.scene - 1), key="lecture_previous")
+    where.markdown(f"<div style='text-align:center;font-size:20px;padding-top:6px'>Scene {room.scene} of "
+                   f"{room.scenes}</div>", unsafe_allow_html=True)
+    forward.button("Next scene", icon=":material/arrow_forward:", disabled=room.scene >= room.scenes,
+                   width="stretch", on_click=store.show, args=(code, token, room.scene + 1), key="lecture_next")
+    if end.button("Close the room", icon=":material/close:", width="stretch", key="lecture_close"):
+        store.close(code, token)
+        st.session_state.pop("lecture_room", None)
+        st.session_state.pop("lecture_token", None)
+        st.info("The room is closed: its followers are told so.")
+        return
+    st.html(KEYS, unsafe_allow_javascript=True)
+    st.caption("Keyboard: → or space for the next scene, ← for the previous one.")
+    show_scene(lecture, path, room.scene)
+
+
+def follow() -> None:
+    """A student's view: the room's scene, updated within a second of each change, and a way out to explore."""
+    code = rooms.normalise(st.text_input("Room code", key="lecture_follow", placeholder="e.g. K7QM"))
+    if not code:
+        st.info("Type the code the presenter shows (“Room …”), or open this app with `?room=CODE`.")
+        return
+    room = rooms.rooms().get(code)
+    if room is None:
+        st.warning(f"There is no room {code}: it has ended, or the code is mistyped.")
+        return
+    opened = open_lecture(room.lecture)
+    if opened is None:
+        return
+    lecture, path = opened
+
+    @st.fragment(run_every=POLL_SECONDS)
+    def watch() -> None:
+        now = rooms.rooms().get(code)
+        if now is None or now.scene != room.scene:
+            st.rerun(scope="app")
+
+    watch()
+    st.success(f"Following room **{code}**: this page follows the presenter.", icon=":material/sync:")
+    st.button("Explore from here", icon=":material/travel_explore:", key="lecture_explore",
+              on_click=explore_from_here, args=(lecture.scenes[room.scene - 1],),
+              help="Opens this scene's view on its own page, to change it freely; “Follow room … again” in the "
+                   "sidebar comes back. The room does not move.")
+    if (target := st.session_state.pop("_lecture_goto", None)) is not None:
+        st.switch_page(target)
+    show_scene(lecture, path, room.scene)
+
+
+st.title("Lecture")
+params = st.query_params
+if "room" in params:
+    st.session_state["lecture_mode"], st.session_state["lecture_follow"] = "follow", rooms.normalise(params["room"])
+elif "lecture" in params:
+    st.session_state["lecture_mode"], st.session_state["lecture_choice"] = "present", params["lecture"]
+st.session_state.setdefault("lecture_mode", "present")
+mode = st.radio("Mode", ["present", "follow"], key="lecture_mode", horizontal=True,
+                format_func={"present": "Present a lecture", "follow": "Follow a room"}.get)
+present() if mode == "present" else follow()

@@ -1,0 +1,209 @@
+"""Lecture mode (issue 28): the lecture file's schema and its messages, the shipped lecture (every scene computed
+from shipped checkpoints and photos), the rooms, and the Lecture page presenting and following (AppTest)."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from resattn import attribution
+from resattn.lecture import (
+    VIEW_FIELDS,
+    LectureError,
+    find_lectures,
+    load_lecture,
+    parse_lecture,
+)
+from resattn.scenes import Resources, render_scene
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = ROOT / "app"
+sys.path.insert(0, str(APP))
+SHIPPED = ROOT / "app" / "lectures" / "paper.toml"
+
+MINIMAL = """
+title = "T"
+[[scene]]
+title = "One"
+text = "Words."
+[scene.view]
+page = "explore"
+model = "m"
+image = "china"
+"""
+
+
+# ------------------------------------------------------------------------------------------- the file format
+
+
+def test_a_minimal_lecture_reads_with_defaults():
+    lecture = parse_lecture(MINIMAL, "mini")
+    (scene,) = lecture.scenes
+    assert (lecture.name, lecture.title, scene.number, scene.title) == ("mini", "T", 1, "One")
+    assert scene.view.page == "explore" and scene.view.get("stage") == 1 and scene.view.get("reduction") == "mean"
+    assert scene.question is None
+
+
+@pytest.mark.parametrize("change, message", [
+    (('page = "explore"', 'page = "slides"'), "scene 1 ('One'): view field 'page' is 'slides'; allowed: 'explore'"),
+    (('image = "china"', 'image = "china"\ncolour = "red"'), ("scene 1 ('One'): unknown view field 'colour' for page "
+                                                               "'explore'; known: channel, contrast")),
+    (('image = "china"', 'image = "china"\nstage = 4'), "scene 1 ('One'): view field 'stage' is 4; allowed: 1, 2, 3"),
+    (('image = "china"', 'image = "china"\nmodule = "two"'), "view field 'module' must be a whole number"),
+    (('text = "Words."', 'text = ""'), "scene 1 ('One'): field 'text' is missing or empty"),
+    (('text = "Words."', 'text = "Words."\nnotes = "x"'), "scene 1 ('One'): unknown field 'notes'"),
+    (('image = "china"\n', ''), "scene 1 ('One'): a 'explore' view needs 'image'"),
+    (('title = "T"', 'title = "T"\nauthor = "me"'), "mini: unknown top-level field 'author'"),
+    (('[[scene]]', '[[scene]'), "mini: not valid TOML"),
+])
+def test_a_broken_field_names_the_scene_and_the_field(change, message):
+    with pytest.raises(LectureError) as caught:
+        parse_lecture(MINIMAL.replace(*change), "mini")
+    assert message in str(caught.value)
+
+
+def test_compare_views_need_models_unless_they_show_the_tables():
+    compare = MINIMAL.replace('page = "explore"\nmodel = "m"', 'page = "compare"')
+    with pytest.raises(LectureError, match="needs 'models'"):
+        parse_lecture(compare, "mini")
+    tables = MINIMAL.replace('page = "explore"\nmodel = "m"\nimage = "china"', 'page = "compare"\nshow = "tables"')
+    assert parse_lecture(tables, "mini").scenes[0].view.get("show") == "tables"
+
+
+def test_the_attribution_methods_are_the_librarys():
+    assert set(VIEW_FIELDS["attribution"]["method"]) == set(attribution.METHODS)
+
+
+# ------------------------------------------------------------------------------------------- the shipped lecture
+
+
+def test_the_shipped_lecture_covers_the_paper_in_12_to_16_scenes_and_every_scene_computes():
+    assert "paper" in find_lectures(APP / "lectures")
+    lecture = load_lecture(SHIPPED)
+    assert 12 <= len(lecture.scenes) <= 16
+    titles = " ".join(s.title for s in lecture.scenes)
+    for topic in ("Why attention", "Eq. 1", "hourglass", "ARL against NAL", "activations", "parts", "Grad-CAM",
+                  "Deletion", "Tables 1 and 3", "do not show"):
+        assert topic in titles, topic
+    resources = Resources(ROOT / "checkpoints", lecture.folder)
+    for scene in lecture.scenes:
+        # no number is typed into a scene's words: every figure comes from what the scene computes
+        assert not re.search(r"\d+\.\d+\s*%|\b0\.\d{2,}", scene.text), scene.title
+        shown = render_scene(scene, resources)
+        if scene.view.page != "text":
+            assert shown.panels or shown.table, scene.title
+        for panel in shown.panels:
+            assert panel.picture.ndim == 3 and panel.picture.dtype.name == "uint8"
+            assert (panel.scale is None) == (panel.cmap is None)
+
+
+def test_a_scene_naming_a_missing_checkpoint_or_photo_says_which():
+    lecture = parse_lecture(MINIMAL.replace('model = "m"', 'model = "no_such_model"'), "mini")
+    with pytest.raises(LectureError, match="scene 1 .*no checkpoint 'no_such_model'"):
+        render_scene(lecture.scenes[0], Resources(ROOT / "checkpoints"))
+    lecture = parse_lecture(MINIMAL.replace('model = "m"', 'model = "attention56_cifar_mixed_arl"')
+                            .replace('"china"', '"nowhere.png"'), "mini")
+    with pytest.raises(LectureError, match="no photo 'nowhere.png'"):
+        render_scene(lecture.scenes[0], Resources(ROOT / "checkpoints"))
+
+
+# ------------------------------------------------------------------------------------------- rooms
+
+
+def test_only_the_presenter_moves_or_closes_a_room_and_idle_rooms_end():
+    from ui.rooms import ALPHABET, Rooms, normalise
+
+    now = [0.0]
+    store = Rooms(idle_seconds=100, clock=lambda: now[0])
+    room = store.open("paper", 14)
+    assert len(room.code) == 4 and set(room.code) <= set(ALPHABET) and room.scene == 1
+    assert store.get(room.code.lower()).scene == 1 and normalise(f" {room.code[:2]}-{room.code[2:]} ") == room.code
+    assert not store.show(room.code, "not the token", 5) and store.get(room.code).scene == 1
+    assert store.show(room.code, room.token, 5) and store.get(room.code).scene == 5
+    assert store.show(room.code, room.token, 99) and store.get(room.code).scene == 14  # clamped
+    assert not store.close(room.code, "not the token") and store.get(room.code) is not None
+    now[0] = 150.0  # idle for longer than the limit
+    assert store.get(room.code) is None
+    other = store.open("paper", 14)
+    assert store.close(other.code, other.token) and store.get(other.code) is None
+
+
+# ------------------------------------------------------------------------------------------- the page
+
+
+@pytest.fixture
+def lecture_app(monkeypatch):
+    monkeypatch.setenv("RESATTN_APP_MODELS", "none")
+    monkeypatch.delenv("RESATTN_CHECKPOINT_DIR", raising=False)
+
+    def start(**params: str) -> AppTest:
+        at = AppTest.from_file(str(APP / "main.py"), default_timeout=300)
+        for key, value in params.items():
+            at.query_params[key] = value
+        return at.run()
+
+    return start
+
+
+def _scene_line(at: AppTest) -> str:
+    found = [m.value for m in at.markdown if re.search(r"Scene \d+ of \d+", m.value)]
+    assert found, [m.value for m in at.markdown][:5]
+    return re.search(r"Scene (\d+ of \d+)", found[-1]).group(1)
+
+
+def _no_exceptions(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def test_a_presenter_walks_every_scene_and_a_follower_sees_each_one(lecture_app):
+    presenter = lecture_app(lecture="paper")
+    _no_exceptions(presenter)
+    code = presenter.session_state["lecture_room"]
+    assert any(f"Room {code}" in s.value for s in presenter.success)
+    assert _scene_line(presenter) == "1 of 14"
+    follower = lecture_app(room=code.lower())
+    _no_exceptions(follower)
+    assert _scene_line(follower) == "1 of 14"
+    assert not [b for b in follower.button if b.key in ("lecture_next", "lecture_previous")]  # cannot advance
+    for number in range(2, 15):
+        presenter.button(key="lecture_next").click().run()
+        _no_exceptions(presenter)
+        assert _scene_line(presenter) == f"{number} of 14"
+        assert not presenter.error, [e.value for e in presenter.error]
+        follower.run()
+        assert _scene_line(follower) == f"{number} of 14"
+    assert presenter.button(key="lecture_next").disabled
+    # a follower's "explore from here" opens the view on its page and leaves the room where it is
+    follower.button(key="lecture_explore").click().run()
+    _no_exceptions(follower)
+    assert [t.value for t in follower.title] == ["Explore the soft masks"]  # scene 14 is words: Explore opens
+    assert follower.sidebar.button(key="follow_again").label == f"Follow room {code} again"
+    presenter.run()
+    assert _scene_line(presenter) == "14 of 14"
+    presenter.button(key="lecture_close").click().run()
+    follower.switch_page("views/lecture.py").run()
+    assert any(f"There is no room {code}" in w.value for w in follower.warning)
+
+
+def test_explore_from_here_opens_the_scenes_view_with_its_settings(lecture_app):
+    from ui import rooms
+
+    presenter = lecture_app(lecture="paper")
+    code, token = presenter.session_state["lecture_room"], presenter.session_state["lecture_token"]
+    scene = load_lecture(SHIPPED).scenes[7]
+    assert scene.view.get("reduction") == "topk"
+    assert rooms.rooms().show(code, token, 8)
+    follower = lecture_app(room=code)
+    assert _scene_line(follower) == "8 of 14"
+    follower.button(key="lecture_explore").click().run()
+    _no_exceptions(follower)
+    assert follower.radio(key="reduction").value == "topk" and follower.slider(key="topk").value == scene.view.get("k")
+    assert follower.selectbox(key="stage").value == scene.view.get("stage")
+    assert follower.selectbox(key="model").value.startswith("sha256:")
+    assert "attention56_imagenette_mixed_arl" in next(m.value for m in follower.markdown if "Model shown" in m.value)
+    assert follower.selectbox(key="gallery").value.startswith("china")
+    assert rooms.rooms().get(code).scene == 8  # the room did not move

@@ -34,5 +34,6 @@ if page.url_path != "lecture" and ("room" in st.query_params or "lecture" in st.
 components.style()
 components.keep_widget_state()
 st.session_state.pop("_context", None)
-components.sidebar()
+if page.url_path != "lecture":  # a lecture's scenes name their own models and photos: no pickers to draw
+    components.sidebar()
 page.run()

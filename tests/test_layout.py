@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: package or from a lower layer (the README's "Layout" section draws the same picture).
 LAYERS: list[set[str]] = [
     {"_version", "blocks", "counting", "paper", "preprocess", "maps", "graphs", "confidence", "lecture"},  # leaves
-    {"attention", "data"},                                                        # the attention module; datasets
+    {"attention", "data", "html"},                                                # the attention module; datasets; HTML
     {"networks", "inspect", "images", "attribution"},                             # networks; looking inside them
     {"registry", "archive"},                                                      # named models; uploaded archives
     {"checkpoint"},                                                               # safe files of named models

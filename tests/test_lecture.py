@@ -207,3 +207,37 @@ def test_explore_from_here_opens_the_scenes_view_with_its_settings(lecture_app):
     assert "attention56_imagenette_mixed_arl" in next(m.value for m in follower.markdown if "Model shown" in m.value)
     assert follower.selectbox(key="gallery").value.startswith("china")
     assert rooms.rooms().get(code).scene == 8  # the room did not move
+
+
+# ------------------------------------------------------------------------------------------- the offline copy
+
+
+def test_the_export_writes_every_scene_with_everything_embedded(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("export_lecture", ROOT / "scripts" / "export_lecture.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "lecture.html"
+    assert module.main([str(SHIPPED), "--out", str(out)]) == 0
+    html = out.read_text(encoding="utf-8")
+    lecture = load_lecture(SHIPPED)
+    assert re.findall(r'<section id="scene-(\d+)">', html) == [str(s.number) for s in lecture.scenes]
+    for scene in lecture.scenes:
+        assert f"Scene {scene.number} of {len(lecture.scenes)}" in html
+    # nothing outside the file: no address, no stylesheet or font to fetch; every picture is a data: URI
+    assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/|@import|url\(", html, flags=re.IGNORECASE)
+    sources = re.findall(r'<img[^>]* src="([^"]*)"', html)
+    assert len(sources) > 40 and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert html.count('class="ra-colorbar"') >= 30 and html.count('class="formula"') >= 6
+
+
+def test_markdown_of_a_scene_text_becomes_html_with_formulas_as_pictures():
+    from resattn.html import markdown_html
+
+    html = markdown_html("A **bold** and *slanted* `code` with $M \\approx 0$.\n\n$$H = M\\cdot T$$\nand <tags>.")
+    assert html.startswith("<p>A <strong>bold</strong> and <em>slanted</em> <code>code</code> with <img")
+    assert html.count("<p>") == 2 and '<span class="display"><img' in html and "&lt;tags&gt;" in html
+    assert 'alt="M \\approx 0"' in html
+    # a formula mathtext cannot draw is shown as its source, never dropped
+    assert '<code class="formula">\\unknowncommand{x}</code>' in markdown_html("$\\unknowncommand{x}$")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import platform
 import time
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from PIL import Image
 
 import resattn
 from resattn import images, maps
+from resattn.html import colorbar_html
 from resattn.preprocess import Preprocessing
 
 from . import dataset_tools, state
@@ -116,9 +116,6 @@ def model_view(model_key: str, image_hash: str, meta: dict, _image: Image.Image)
     return maps.enlarge_nearest(picture, DISPLAY_SIDE)
 
 
-#: Size of the numbers under every map: at least 14 px on a 1280-px projector, whatever the column's width (they
-#: are text in the page, not pixels of the picture, so a narrow column never shrinks or cuts them).
-TICK_PX = 16
 #: Page-wide style for the projector: dark captions (Streamlit's light grey fades on a projector) and less empty
 #: space above the title, so the first screen holds the picture, the predictions and the maps.
 STYLE = """<style>
@@ -133,33 +130,9 @@ def style() -> None:
     st.html(STYLE)
 
 
-def colorbar_html(scale: maps.Scale, cmap_name: str, note: str | None = None) -> str:
-    """A colorbar as page elements: the gradient, then the low, middle (0 on a diverging scale) and high numbers
-    in :data:`TICK_PX` dark text (class ``ra-tick``), then what the scale spans (``note``, default the scale's
-    description) and the colormap."""
-    from html import escape
-
-    from matplotlib import colormaps
-
-    rgb = (colormaps[cmap_name](np.linspace(0, 1, 11))[:, :3] * 255).round().astype(int)
-    stops = ", ".join(f"rgb({r},{g},{b}) {10 * i}%" for i, (r, g, b) in enumerate(rgb))
-    ticks = "".join(f'<span class="ra-tick">{escape(_minus(t))}</span>' for t in maps.ticks(scale))
-    return (f'<div class="ra-colorbar" style="margin:-0.6rem 0 0.2rem 0">'
-            f'<div style="height:14px;border:1px solid #444;background:linear-gradient(to right, {stops})"></div>'
-            f'<div style="display:flex;justify-content:space-between;font-size:{TICK_PX}px;line-height:1.3;'
-            f'font-weight:600;color:#111;font-variant-numeric:tabular-nums">{ticks}</div>'
-            f'<div class="ra-scale" style="font-size:15px;line-height:1.3;color:#262730">'
-            f'colours: {escape(_minus(note or scale.description), quote=False)} ({escape(cmap_name)})</div></div>')
-
-
-def _minus(text: str) -> str:
-    """Typographic minus signs for negative numbers (a hyphen reads as a dash from the back of a room)."""
-    return re.sub(r"(?<![\w.])-(?=\d)", "−", text)
-
-
 def colorbar(scale: maps.Scale, cmap_name: str, note: str | None = None, container: Any = st) -> None:
     """Draw :func:`colorbar_html` under the picture just shown in ``container``."""
-    container.markdown(colorbar_html(scale, cmap_name, note), unsafe_allow_html=True)
+    container.markdown(colorbar_html(scale, cmap_name, note), unsafe_allow_html=True)  # numbers as text, 16 px
 
 
 def map_image(picture: np.ndarray | bytes, scale: maps.Scale, cmap_name: str, caption: str | None = None,
@@ -380,9 +353,9 @@ def sidebar() -> Context | None:
     """Draw the shared controls and return the context, or None when there is no usable image yet."""
     st.sidebar.header("resattn explorer")
     following = st.session_state.get("lecture_follow")
-    if following and st.session_state.get("lecture_mode") == "follow":
-        if st.sidebar.button(f"Follow room {following} again", icon=":material/sync:", key="follow_again"):
-            st.switch_page("views/lecture.py")
+    if (following and st.session_state.get("lecture_mode") == "follow"
+            and st.sidebar.button(f"Follow room {following} again", icon=":material/sync:", key="follow_again")):
+        st.switch_page("views/lecture.py")
     entry, model, meta, notes = _pick_model()
     chosen = _image_input(meta)
     counts = _module_counts(model)

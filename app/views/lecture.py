@@ -11,12 +11,12 @@ from pathlib import Path
 import streamlit as st
 from ui import components, rooms, state
 
-from resattn import scenes
+from resattn import maps, scenes
 from resattn.lecture import Lecture, LectureError, Scene, find_lectures, load_lecture
 
 LECTURES = Path(__file__).resolve().parents[1] / "lectures"
 #: How often a follower's page asks the server whether the room moved (seconds).
-POLL_SECONDS = 0.5
+POLL_SECONDS = 0.25
 PER_ROW = 4
 #: The keyboard for the presenter: → or space for the next scene, ← for the previous one.
 KEYS = """<script>
@@ -27,7 +27,7 @@ if (!doc.__resattnKeys) {
     if (['INPUT', 'TEXTAREA', 'SELECT'].includes(e.target.tagName) || e.target.isContentEditable) return;
     const label = (e.key === 'ArrowRight' || e.key === ' ') ? 'Next scene' : e.key === 'ArrowLeft' ? 'Previous scene' : null;
     if (!label) return;
-    const button = [...doc.querySelectorAll('button')].find((b) => b.innerText.trim().startsWith(label));
+    const button = [...doc.querySelectorAll('button')].find((b) => b.innerText.includes(label));
     if (button && !button.disabled) { e.preventDefault(); button.click(); }
   });
 }
@@ -45,6 +45,12 @@ def rendered(path: str, mtime: int, number: int, checkpoints: str) -> scenes.Ren
     """Scene ``number`` of the lecture at ``path``, computed once per server and shared by every session."""
     lecture = lecture_file(path, mtime)
     return scenes.render_scene(lecture.scenes[number - 1], scenes.Resources(checkpoints, lecture.folder))
+
+
+@st.cache_resource(show_spinner=False, max_entries=128)
+def pictures(path: str, mtime: int, number: int, checkpoints: str) -> list[bytes]:
+    """The scene's pictures as PNG, encoded once per server (a follower's rerun then sends bytes, not arrays)."""
+    return [maps.to_png(panel.picture) for panel in rendered(path, mtime, number, checkpoints).panels]
 
 
 def open_lecture(name: str) -> tuple[Lecture, Path] | None:
@@ -69,20 +75,22 @@ def show_scene(lecture: Lecture, path: Path, number: int) -> None:
     st.markdown(scene.text)
     if scene.question:
         st.info(f"**Question for the class:** {scene.question}", icon=":material/forum:")
+    key = (str(path), path.stat().st_mtime_ns, number, str(state.checkpoint_dir()))
     try:
         with st.spinner("Computing this scene (once for the whole room)…"):
-            shown = rendered(str(path), path.stat().st_mtime_ns, number, str(state.checkpoint_dir()))
+            shown, pngs = rendered(*key), pictures(*key)
     except LectureError as exc:
         st.error(str(exc))
         return
-    for first in range(0, len(shown.panels), PER_ROW):
-        for column, panel in zip(st.columns(PER_ROW), shown.panels[first : first + PER_ROW]):
+    panels = list(zip(shown.panels, pngs))
+    for first in range(0, len(panels), PER_ROW):
+        for column, (panel, png) in zip(st.columns(PER_ROW), panels[first : first + PER_ROW]):
             with column:
                 st.markdown(f"**{panel.title}**")
                 if panel.scale is None:
-                    column.image(panel.picture, output_format="PNG")
+                    st.image(png)
                 else:
-                    components.map_image(panel.picture, panel.scale, panel.cmap, caption=panel.caption)
+                    components.map_image(png, panel.scale, panel.cmap, caption=panel.caption)
     if shown.table:
         st.dataframe(shown.table, hide_index=True)
     for fact in shown.facts:

@@ -24,10 +24,10 @@ app: install
 test: install chromium
 	$(PYTHON) -m pytest -q
 
-# Regenerates the README's pictures in docs/: the Explore screenshot and Figure 1, channel means and parts (the tests
+# Regenerates the README's pictures in docs/: the Explore and lecture screenshots and Figure 1, channel means and parts (the tests
 # themselves write screenshots only to temporary folders).
 screenshots: install chromium
-	RESATTN_SCREENSHOTS=docs $(PYTHON) -m pytest -q tests/test_browser.py
+	RESATTN_SCREENSHOTS=docs $(PYTHON) -m pytest -q tests/test_browser.py tests/test_browser_lecture.py
 	$(PYTHON) scripts/figure1.py --gallery china --out docs/figure1.png
 	$(PYTHON) scripts/figure1.py --gallery china --parts --out docs/figure1-parts.png
 

@@ -37,8 +37,8 @@ def server(tmp_path):
     require_browser()
     folder = tmp_path / "checkpoints"
     folder.mkdir()
-    for path in (ROOT / "checkpoints").glob("*.safetensors"):
-        shutil.copy(path, folder / path.name)
+    for path in [*(ROOT / "checkpoints").glob("*.safetensors"), ROOT / "checkpoints" / "confidence.json"]:
+        shutil.copy(path, folder / path.name)  # with the measured thresholds, as shipped
     env = {"RESATTN_APP_MODELS": "none", "RESATTN_CHECKPOINT_DIR": str(folder)}
     with streamlit_server(tmp_path / "streamlit.log", env) as url:
         yield url, folder

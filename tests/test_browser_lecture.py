@@ -14,9 +14,11 @@ import time
 import pytest
 
 try:  # tests/ may or may not be a package
-    from .browser import illegible_numbers, launch, require_browser, screenshot_dir, settle, streamlit_server
+    from .browser import (full_screenshot, illegible_numbers, launch, require_browser, screenshot_dir, settle,
+                          streamlit_server)
 except ImportError:
-    from browser import illegible_numbers, launch, require_browser, screenshot_dir, settle, streamlit_server
+    from browser import (full_screenshot, illegible_numbers, launch, require_browser, screenshot_dir, settle,
+                         streamlit_server)
 
 pytestmark = [pytest.mark.browser]
 FOLLOW_SECONDS = 1.0  # the promise: a follower shows a change within a second
@@ -87,7 +89,7 @@ def test_two_followers_follow_the_presenter_within_a_second(tmp_path):
             assert sorted(delays)[len(delays) // 2] < FOLLOW_SECONDS, [f"{d:.2f}" for d in delays]
             assert max(delays) < 2 * FOLLOW_SECONDS, [f"{d:.2f}" for d in delays]
             assert not illegible_numbers(presenter), illegible_numbers(presenter)
-            presenter.screenshot(path=str(folder / "lecture-1280.png"))
+            full_screenshot(presenter, folder / "lecture-1280.png")  # scene 2: the module and Eq. 1
 
             # a follower has no way to move the room, and exploring leaves the room where it is
             first, second = followers

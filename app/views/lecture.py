@@ -204,4 +204,7 @@ elif "lecture" in params:
 st.session_state.setdefault("lecture_mode", "present")
 mode = st.radio("Mode", ["present", "follow"], key="lecture_mode", horizontal=True,
                 format_func={"present": "Present a lecture", "follow": "Follow a room"}.get)
-present() if mode == "present" else follow()
+if mode == "present":
+    present()
+else:
+    follow()

@@ -53,10 +53,22 @@ The model shown is the app's default (the photo model if ``checkpoints/`` has on
 checkpoint); it must have attention modules in stage 2. Exit status 0 when there were no errors and no
 mismatches, 1 otherwise, 130 when interrupted (Ctrl-C or SIGTERM stop the server and the browser first).
 
+**Lecture mode** (``--lecture NAME --followers N``, issue 28): one presenter opens ``/?lecture=NAME`` (scene 1
+is computed: the warm-up) and N followers, each in its own browser context, open ``/?room=CODE``. The room idles
+``--idle`` seconds (the followers' pages poll the room all the while), then the presenter goes forward through
+every scene with → (first pass: each change computes its scene, once for the server) and back with ← (second
+pass: every scene computed before), the room at rest (every page settled) before each change. Reported per pass:
+p50 / p95 / max of the seconds from the key press to each follower showing the new bold "Scene k of n" (polled
+every 25 ms in the page) and to its whole scene drawn, timeouts (``--change-timeout``) and Streamlit exceptions;
+the server's CPU seconds during the pass divided by followers × changes (ms per follower per change; also net of
+what the polling costs anyway, the idle rate times the pass's duration), and while idle, per follower per second.
+
 Usage::
 
     python scripts/bench_classroom.py --sessions 10 [--timeout 600] [--photo-side 640] [--stagger 0]
         [--checkpoint-dir DIR] [--json results.json]
+    python scripts/bench_classroom.py --lecture paper --followers 10 [--idle 10] [--change-timeout 60]
+        [--timeout 600] [--checkpoint-dir DIR] [--json results.json]
 """
 
 from __future__ import annotations
@@ -630,6 +642,147 @@ async def drive(url: str, photos: list[Photo], stagger: float, timeout: float,
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Lecture mode: one presenter, N followers
+# ----------------------------------------------------------------------------------------------------------------
+
+SHOWN_MS = 25  # how often a follower's page is checked for the new "Scene k of n" (cheap: one query)
+OPEN_AT_ONCE = 4  # followers opening their page together (opening costs chromium seconds of CPU)
+
+#: "ok" when the page's bold line reads ``want`` ("Scene k of n"), "exception" when Streamlit shows one.
+SHOWN_JS = """
+(want) => {
+  if (document.querySelector('[data-testid="stException"]')) return 'exception';
+  return [...document.querySelectorAll('[data-testid="stMarkdownContainer"] strong')]
+    .some(e => e.textContent === want) ? 'ok' : false;
+}
+"""
+
+
+@dataclass
+class Change:
+    """One move of the presenter and what each follower saw: seconds from the key press to the new "Scene k of
+    n" (``shown``) and to the whole scene drawn, nothing stale (``drawn``); None where it failed."""
+
+    scene: int
+    direction: str  # "next" (first pass: computed by this change) or "previous" (second pass: computed before)
+    shown: list[float | None] = field(default_factory=list)
+    drawn: list[float | None] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LectureRun:
+    code: str = ""
+    scenes: int = 0
+    presenter_open_s: float | None = None
+    followers_open_s: float | None = None
+    idle_s: float = 0.0
+    pass_s: dict[str, float] = field(default_factory=dict)  # wall seconds of each pass
+    changes: list[Change] = field(default_factory=list)
+    open_errors: list[str] = field(default_factory=list)
+
+
+def scene_label(number: int, scenes: int) -> str:
+    return f"Scene {number} of {scenes}"
+
+
+async def follower_sees(page: Any, index: int, change: Change, want: str, start: float, timeout: float,
+                        deadline: float) -> None:
+    """Follower ``index``: when its page shows ``want``, then when the whole scene is drawn (into ``change``)."""
+    from playwright.async_api import TimeoutError as PlaywrightTimeout
+
+    limit = min(deadline, start + timeout)
+    try:
+        handle = await page.wait_for_function(SHOWN_JS, arg=want, polling=SHOWN_MS, timeout=remaining_ms(limit))
+        if await handle.json_value() != "ok":
+            raise RuntimeError(f"exception: {await exception_text(page)}")
+        change.shown[index] = time.monotonic() - start
+        if await settle(page, [want], 0, limit) != "ok":
+            raise RuntimeError(f"exception: {await exception_text(page)}")
+        change.drawn[index] = time.monotonic() - start
+    except (PlaywrightTimeout, Timeout):
+        change.errors.append(f"follower {index + 1}, {want}: timeout")
+    except Exception as exc:
+        change.errors.append(f"follower {index + 1}, {want}: {type(exc).__name__}: {exc}"[:400])
+
+
+async def open_follower(browser: Any, url: str, code: str, want: str, gate: asyncio.Semaphore,
+                        deadline: float) -> Any:
+    """A new context that follows room ``code`` and shows ``want``; returns its page."""
+    async with gate:
+        context = await browser.new_context(viewport=VIEWPORT, reduced_motion="reduce")
+        page = await context.new_page()
+        await page.goto(f"{url}/?room={code}", timeout=remaining_ms(deadline))
+        if await settle(page, [f"Following room {code}", want], 0, deadline) != "ok":
+            raise RuntimeError(f"exception: {await exception_text(page)}")
+        return page
+
+
+async def drive_lecture(url: str, args: argparse.Namespace, mark: Any) -> LectureRun:
+    """The presenter opens ``/?lecture=NAME`` (the warm-up: scene 1 is computed), N followers open the room, the
+    room idles ``--idle`` seconds, then the presenter goes forward through every scene (→, each scene computed
+    by that change) and back (←, every scene computed before), the room at rest before each change. Marks:
+    "sessions" (presenter ready), "idle" (followers ready), "first" (first pass), "second", "end"."""
+    from playwright.async_api import async_playwright
+
+    deadline = time.monotonic() + args.timeout
+    run = LectureRun()
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
+        try:
+            presenter = await (await browser.new_context(viewport=VIEWPORT, reduced_motion="reduce")).new_page()
+            start = time.monotonic()
+            await presenter.goto(f"{url}/?lecture={args.lecture}", timeout=remaining_ms(deadline))
+            await settle(presenter, ["Room ", "Scene 1 of "], 0, deadline)
+            text = await presenter.get_by_test_id("stMain").inner_text()
+            found = re.search(r"Room ([A-Z0-9]{4})", text), re.search(r"Scene 1 of (\d+)", text)
+            if not all(found):
+                raise RuntimeError(f"the presenter's page shows no room or scene:\n{text[:400]}"
+                                   f"\n{await exception_text(presenter)}")
+            run.code, run.scenes = found[0].group(1), int(found[1].group(1))
+            run.presenter_open_s = time.monotonic() - start
+            mark("sessions")
+
+            start, gate = time.monotonic(), asyncio.Semaphore(OPEN_AT_ONCE)
+            opened = await asyncio.gather(
+                *(open_follower(browser, url, run.code, scene_label(1, run.scenes), gate, deadline)
+                  for _ in range(args.followers)), return_exceptions=True)
+            followers = [page for page in opened if not isinstance(page, BaseException)]
+            run.open_errors = [f"follower {i + 1} did not open: {type(e).__name__}: {e}"[:400]
+                               for i, e in enumerate(opened) if isinstance(e, BaseException)]
+            run.followers_open_s = time.monotonic() - start
+            mark("idle")
+            start = time.monotonic()
+            await asyncio.sleep(args.idle)
+            run.idle_s = time.monotonic() - start
+
+            passes = (("first", "next", "ArrowRight", range(2, run.scenes + 1)),
+                      ("second", "previous", "ArrowLeft", range(run.scenes - 1, 0, -1)))
+            for name, direction, key, numbers in passes:
+                mark(name)
+                began = time.monotonic()
+                for number in numbers:
+                    want = scene_label(number, run.scenes)
+                    before = scene_label(number + (-1 if direction == "next" else 1), run.scenes)
+                    await asyncio.gather(*(settle(page, [before], 0, deadline) for page in (presenter, *followers)),
+                                         return_exceptions=True)  # the room at rest; a failure shows up below
+                    change = Change(number, direction, [None] * len(followers), [None] * len(followers))
+                    start = time.monotonic()
+                    await presenter.keyboard.press(key)  # the clock starts at the key press
+                    await asyncio.gather(*(follower_sees(page, i, change, want, start, args.change_timeout,
+                                                         deadline) for i, page in enumerate(followers)))
+                    run.changes.append(change)
+                    print(f"  {want} ({direction}): shown p95 {fmt(percentile(ok_values(change.shown), 95))} s, "
+                          f"drawn p95 {fmt(percentile(ok_values(change.drawn), 95))} s, "
+                          f"{len(change.errors)} errors", flush=True)
+                run.pass_s[name] = time.monotonic() - began
+            mark("end")
+            return run
+        finally:
+            await browser.close()
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Figures
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -707,6 +860,88 @@ def summarise(results: list[SessionResult], args: argparse.Namespace, extra: dic
     }
 
 
+def ok_values(values: list[float | None]) -> list[float]:
+    return [v for v in values if v is not None]
+
+
+def cpu_ms_per(cpu_s: float | None, followers: int, count: float) -> float | None:
+    """Server CPU milliseconds per follower per unit (a change, a second): ``cpu_s`` / (followers × count)."""
+    if cpu_s is None or followers <= 0 or count <= 0:
+        return None
+    return 1000 * cpu_s / (followers * count)
+
+
+def summarise_lecture(run: LectureRun, args: argparse.Namespace, monitor: Monitor,
+                      machine: dict[str, Any]) -> dict[str, Any]:
+    followers = args.followers - len(run.open_errors)
+    idle_cpu = monitor.cpu_seconds("server", "idle", "first")
+    idle_ms = cpu_ms_per(idle_cpu, followers, run.idle_s)  # per follower per second
+    passes = {}
+    for name, until in (("first", "second"), ("second", "end")):
+        direction = "next" if name == "first" else "previous"
+        changes = [c for c in run.changes if c.direction == direction]
+        shown = [v for c in changes for v in ok_values(c.shown)]
+        drawn = [v for c in changes for v in ok_values(c.drawn)]
+        errors = [e for c in changes for e in c.errors]
+        cpu = monitor.cpu_seconds("server", name, until)
+        polling = None if idle_ms is None else idle_ms / 1000 * followers * run.pass_s.get(name, 0)
+        passes[name] = {
+            "changes": len(changes), "expected": followers * len(changes), "shown_ok": len(shown),
+            "shown_p50_s": percentile(shown, 50), "shown_p95_s": percentile(shown, 95),
+            "shown_max_s": max(shown) if shown else None,
+            "drawn_p50_s": percentile(drawn, 50), "drawn_p95_s": percentile(drawn, 95),
+            "timeouts": sum(e.endswith("timeout") for e in errors),
+            "exceptions": sum(": exception" in e for e in errors), "errors": len(errors), "error_details": errors,
+            "wall_s": run.pass_s.get(name), "server_cpu_s": cpu,
+            "client_cpu_s": monitor.cpu_seconds("client", name, until),
+            "server_ms_per_follower_change": cpu_ms_per(cpu, followers, len(changes)),
+            # the same without what the followers' polling costs anyway (the idle rate over the pass's time)
+            "server_ms_per_follower_change_net": cpu_ms_per(None if cpu is None or polling is None
+                                                            else cpu - polling, followers, len(changes)),
+        }
+    return {
+        "lecture": args.lecture, "followers": args.followers, "followers_open": followers, "room": run.code,
+        "scenes": run.scenes, "presenter_open_s": run.presenter_open_s, "followers_open_s": run.followers_open_s,
+        "idle_s": run.idle_s, "idle_server_cpu_s": idle_cpu, "idle_server_ms_per_follower_s": idle_ms,
+        "idle_client_cpu_s": monitor.cpu_seconds("client", "idle", "first"), "passes": passes,
+        "errors": len(run.open_errors) + sum(p["errors"] for p in passes.values()),
+        "open_errors": run.open_errors, "server_peak_rss_mib": monitor.peak_rss / 2**20,
+        "changes": [asdict(c) for c in run.changes], **machine,
+    }
+
+
+def print_lecture_report(summary: dict[str, Any]) -> None:
+    n = summary["followers_open"]
+    print(f"\nlecture {summary['lecture']!r} ({summary['scenes']} scenes), room {summary['room']}: presenter + "
+          f"{n}/{summary['followers']} followers; presenter opened in {fmt(summary['presenter_open_s'])} s, "
+          f"followers in {fmt(summary['followers_open_s'], 1)} s")
+    print(f"{'pass':<30}{'ok/n':>9}{'p50 s':>8}{'p95 s':>8}{'max s':>8}{'drawn p50/p95 s':>17}{'timeouts':>10}"
+          f"{'exceptions':>12}{'server ms/follower/change':>27}{'net of polling':>16}")
+    for name, label in (("first", "first pass (computes scenes)"), ("second", "second pass (computed)")):
+        r = summary["passes"][name]
+        print(f"{label:<30}{str(r['shown_ok']) + '/' + str(r['expected']):>9}{fmt(r['shown_p50_s']):>8}"
+              f"{fmt(r['shown_p95_s']):>8}{fmt(r['shown_max_s']):>8}"
+              f"{fmt(r['drawn_p50_s']) + ' / ' + fmt(r['drawn_p95_s']):>17}{r['timeouts']:>10}{r['exceptions']:>12}"
+              f"{fmt(r['server_ms_per_follower_change'], 1):>27}{fmt(r['server_ms_per_follower_change_net'], 1):>16}")
+    print("  (p50/p95/max: from the presenter's key press to a follower showing the new \"Scene k of n\"; drawn: "
+          "to its whole scene drawn)")
+    for name in ("first", "second"):
+        r = summary["passes"][name]
+        print(f"  {name} pass: {r['changes']} changes in {fmt(r['wall_s'], 1)} s, CPU seconds server "
+              f"{fmt(r['server_cpu_s'], 1)} / client {fmt(r['client_cpu_s'], 1)}")
+    print(f"idle, {n} followers polling for {fmt(summary['idle_s'], 1)} s: server {fmt(summary['idle_server_cpu_s'])} "
+          f"CPU-s = {fmt(summary['idle_server_ms_per_follower_s'], 1)} ms per follower per second "
+          f"(client {fmt(summary['idle_client_cpu_s'], 1)} CPU-s)")
+    print(f"errors: {summary['errors']}")
+    for line in [*summary["open_errors"], *(e for r in summary["passes"].values() for e in r["error_details"])][:20]:
+        print(f"  {line}")
+    print(f"server peak RSS: {summary['server_peak_rss_mib']:.0f} MiB")
+    print(f"{summary['cpus']} CPUs, load average {summary['load_before']} before, {summary['load_after']} after")
+    if summary["other_load"]:
+        print(f"WARNING: {len(summary['other_load'])} training process(es) ran beside the benchmark: figures are "
+              "indicative only")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -720,9 +955,18 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--checkpoint-dir", type=Path, default=None,
                    help="checkpoint folder for the server (default: the repository's checkpoints/)")
     p.add_argument("--json", type=Path, default=None, help="also write every figure as JSON to this path")
+    p.add_argument("--lecture", default=None, metavar="NAME",
+                   help="lecture mode: a presenter of app/lectures/NAME.toml and --followers followers")
+    p.add_argument("--followers", type=int, default=10, help="lecture mode: followers (default 10)")
+    p.add_argument("--idle", type=float, default=10,
+                   help="lecture mode: seconds the room idles, followers polling, before the changes (default 10)")
+    p.add_argument("--change-timeout", type=float, default=60,
+                   help="lecture mode: longest wait for a follower to show a change (default 60 s)")
     args = p.parse_args()
     if args.sessions < 1 or args.timeout <= 0 or args.photo_side < 32 or args.stagger < 0:
         p.error("--sessions ≥ 1, --timeout > 0, --photo-side ≥ 32 and --stagger ≥ 0")
+    if args.followers < 1 or args.idle <= 0 or args.change_timeout <= 0:
+        p.error("--followers ≥ 1, --idle > 0 and --change-timeout > 0")
     return args
 
 
@@ -752,30 +996,24 @@ def cpu_figures(monitor: Monitor) -> dict[str, float | None]:
     return out
 
 
-def run(args: argparse.Namespace, folder: Path) -> dict[str, Any] | None:
-    """Start the server, warm it up, run the sessions, stop everything; the figures, or None when the warm-up
-    did not finish in time."""
-    others = other_load()
-    if others:
-        print(f"note: {len(others)} training process(es) running; figures will be indicative only")
-    load_before = [round(v, 2) for v in os.getloadavg()]
-    photos = make_photos(args.sessions, args.photo_side, folder)
+@contextlib.contextmanager
+def served(checkpoint_dir: Path | None, folder: Path, timeout: float) -> Iterator[tuple[str, int, Monitor]]:
+    """A server on a free port with its Monitor running: yields (URL, pid, monitor); stops the server, the
+    monitor and any leftover client process afterwards, and prints the server log's end when something failed
+    (other than the overall time limit, :class:`Timeout`)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = folder / "streamlit.log"
     with log_path.open("w") as log:
-        server = start_server(port, args.checkpoint_dir, log)
+        server = start_server(port, checkpoint_dir, log)
         monitor = Monitor(server.pid)
         try:
             monitor.start()
-            wait_healthy(url, server, timeout=min(120, args.timeout))
-            print(f"server {url} (pid {server.pid}); {args.sessions} sessions, photos in {folder}")
-            # CPU and peak memory are counted from the end of the warm-up (monitor.mark)
-            results, warm, wall = asyncio.run(drive(url, photos, args.stagger, args.timeout, monitor.mark))
+            wait_healthy(url, server, timeout=min(120, timeout))
+            yield url, server.pid, monitor
             monitor.sample()
         except Timeout:
-            print(f"the warm-up page did not settle within --timeout {args.timeout:.0f} s", file=sys.stderr)
-            return None
+            raise
         except Exception:
             log.flush()
             print("server log (last lines):\n" + "\n".join(log_path.read_text().splitlines()[-30:]), file=sys.stderr)
@@ -787,12 +1025,42 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any] | None:
                 finally:
                     monitor.stop()
                     end_leftovers(monitor.client)
+
+
+def machine_figures(args: argparse.Namespace, others: list[str], load_before: list[float]) -> dict[str, Any]:
+    """What both modes report about the machine and the model folder."""
+    return {"cpus": os.cpu_count(), "load_before": load_before,
+            "load_after": [round(v, 2) for v in os.getloadavg()], "other_load": others,
+            "checkpoint_dir": str(args.checkpoint_dir or ROOT / "checkpoints")}
+
+
+def run(args: argparse.Namespace, folder: Path) -> dict[str, Any] | None:
+    """Start the server, warm it up, run the sessions (or, with ``--lecture``, the lecture), stop everything; the
+    figures, or None when the warm-up did not finish in time."""
+    others = other_load()
+    if others:
+        print(f"note: {len(others)} training process(es) running; figures will be indicative only")
+    load_before = [round(v, 2) for v in os.getloadavg()]
+    photos = [] if args.lecture else make_photos(args.sessions, args.photo_side, folder)
+    try:
+        with served(args.checkpoint_dir, folder, args.timeout) as (url, pid, monitor):
+            if args.lecture:
+                print(f"server {url} (pid {pid}); lecture {args.lecture!r}, {args.followers} followers")
+                lecture = asyncio.run(drive_lecture(url, args, monitor.mark))
+            else:
+                print(f"server {url} (pid {pid}); {args.sessions} sessions, photos in {folder}")
+                # CPU and peak memory are counted from the end of the warm-up (monitor.mark)
+                results, warm, wall = asyncio.run(drive(url, photos, args.stagger, args.timeout, monitor.mark))
+    except Timeout:
+        print(f"the warm-up page did not settle within --timeout {args.timeout:.0f} s", file=sys.stderr)
+        return None
+    machine = machine_figures(args, others, load_before)
+    if args.lecture:
+        return summarise_lecture(lecture, args, monitor, machine)
     return summarise(results, args, {
         "warmup_s": warm, "wall_s": wall, "server_peak_rss_mib": monitor.peak_rss / 2**20,
-        "server_rss_after_warmup_mib": monitor.rss_at_mark / 2**20, **cpu_figures(monitor),
-        "cpus": os.cpu_count(), "load_before": load_before,
-        "load_after": [round(v, 2) for v in os.getloadavg()], "other_load": others,
-        "checkpoint_dir": str(args.checkpoint_dir or ROOT / "checkpoints"), "rss_samples": monitor.samples,
+        "server_rss_after_warmup_mib": monitor.rss_at_mark / 2**20, **cpu_figures(monitor), **machine,
+        "rss_samples": monitor.samples,
     })
 
 
@@ -811,11 +1079,11 @@ def main() -> int:
         return 130
     if summary is None:
         return 1
-    print_report(summary)
+    (print_lecture_report if args.lecture else print_report)(summary)
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))
         print(f"wrote {args.json}")
-    return 0 if summary["errors"] == 0 and summary["mismatches"] == 0 else 1
+    return 0 if summary["errors"] == 0 and summary.get("mismatches", 0) == 0 else 1
 
 
 if __name__ == "__main__":

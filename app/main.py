@@ -14,7 +14,7 @@ sys.path.insert(0, str(HERE))  # `from ui import components, state` from any wor
 if str(HERE.parent) not in sys.path:
     sys.path.append(str(HERE.parent))  # `import resattn` from a checkout that is not pip-installed
 
-from ui import components  # noqa: E402
+from ui import components, urlstate  # noqa: E402
 
 st.set_page_config(page_title="resattn explorer", page_icon=":material/search:", layout="wide")
 
@@ -34,6 +34,10 @@ if page.url_path != "lecture" and ("room" in st.query_params or "lecture" in st.
 components.style()
 components.keep_widget_state()
 st.session_state.pop("_context", None)
-if page.url_path != "lecture":  # a lecture's scenes name their own models and photos: no pickers to draw
+name = page.url_path or "explore"  # the default page has the empty path
+for problem in urlstate.restore(name):  # a shared link's view, on the session's first run
+    st.warning(f"This link's view could not be restored entirely: {problem}.")
+if name != "lecture":  # a lecture's scenes name their own models and photos: no pickers to draw
     components.sidebar()
+    urlstate.link_box(name)
 page.run()

@@ -164,6 +164,18 @@ def test_explorer_in_a_real_browser(server, tmp_path):
                 for name in ("Explore", "Attribution", "Compare", "Learn"):
                     _go(page, name)
                     _check_page(page, folder, name.lower(), (width, height), tmp_path)
+
+            # a link opens its view in a new session: the page from the path, the rest from the parameters
+            fresh = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
+            fresh.goto(f"{url}/attribution?model=attention56_imagenette_mixed_arl&image=china&stage=2&contrast=fixed",
+                       timeout=90_000)
+            expect(fresh.get_by_text("at stage 2; the mask is stage 2, module 1", exact=False)).to_be_visible(
+                timeout=180_000)
+            settle(fresh)
+            fresh.get_by_test_id("stSidebar").get_by_text("Link to this view").click()
+            shown = fresh.get_by_test_id("stSidebar").get_by_test_id("stCode").inner_text(timeout=30_000)
+            assert shown.startswith(f"{url}/attribution?") and "stage=2" in shown and "contrast=fixed" in shown
+            assert "image=china" in shown and "model=attention56_imagenette_mixed_arl" in shown
         finally:
             browser.close()
     assert (folder / "explore-1280.png").stat().st_size > 10_000

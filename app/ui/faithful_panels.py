@@ -268,7 +268,8 @@ def _sanity_figure(result: F.SanityResult) -> go.Figure:
                 row=1, col=col)
         figure.update_xaxes(title_text="weights re-initialised from the classifier down to", row=1, col=col)
         figure.update_yaxes(range=[-1.05, 1.05], row=1, col=col)
-    figure.update_layout(height=360, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.3))
+    figure.update_layout(height=380, margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.3),
+                         font=dict(size=14))  # axis numbers legible on a projector (issue 24)
     return figure
 
 

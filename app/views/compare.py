@@ -273,8 +273,8 @@ if fig4:
     for entry in fig4:
         stages = [k for k in entry if k.startswith("stage")]
         figure.add_trace(go.Scatter(x=stages, y=[entry[k] for k in stages], mode="lines+markers", name=entry["model"]))
-    figure.update_layout(height=320, margin=dict(l=10, r=10, t=10, b=10), yaxis_title="mean |stage output|",
-                         legend=dict(orientation="h"))
+    figure.update_layout(height=340, margin=dict(l=10, r=10, t=10, b=10), yaxis_title="mean |stage output|",
+                         legend=dict(orientation="h"), font=dict(size=14))
     st.plotly_chart(figure, width="stretch")
     st.dataframe(fig4, hide_index=True, column_config={
         f"stage {s}": st.column_config.NumberColumn(format="%.3f") for s in (1, 2, 3)})

@@ -252,7 +252,8 @@ def curves(rows: list[dict]) -> None:
     for title, key, axis in (("Loss", "loss", {}), ("Top-1 accuracy", "top1", {"tickformat": ".0%", "range": [0, 1]})):
         fig = go.Figure([go.Scatter(x=x, y=[r[f"{split}_{key}"] for r in rows], name=split, mode="lines+markers")
                          for split in ("train", "test")])
-        fig.update_layout(title=title, height=260, margin=dict(l=10, r=10, t=40, b=10), xaxis_title="epoch",
+        fig.update_layout(title=title, height=280, margin=dict(l=10, r=10, t=40, b=10), xaxis_title="epoch",
+                          font=dict(size=14),
                           xaxis=dict(dtick=1), yaxis=axis, legend=dict(orientation="h", y=-0.3))
         figures.append(fig)
     for column, fig, key in zip(st.columns(2), figures, ("loss", "accuracy")):
@@ -302,7 +303,7 @@ def masks(job: jobs.Job, files: list[Path]) -> None:
     fig.update_xaxes(showticklabels=False)
     fig.update_yaxes(showticklabels=False)
     cmap = st.session_state.get("cmap_mask", "viridis")
-    fig.update_layout(height=320, margin=dict(l=10, r=10, t=50, b=10), font=dict(size=12),
+    fig.update_layout(height=320, margin=dict(l=10, r=10, t=50, b=10), font=dict(size=14),
                       coloraxis=dict(colorscale=colorscale(cmap), cmin=low, cmax=high,
                                      colorbar=dict(title="M", thickness=14)))
     st.plotly_chart(fig, key=f"train_masks_{job.id}")

@@ -656,6 +656,19 @@ SHOWN_JS = """
     .some(e => e.textContent === want) ? 'ok' : false;
 }
 """
+#: The page at rest on scene ``want``: tests/browser.py's settle() (no status widget, nothing stale; it ignores the
+#: script state, which a follower's poll flips four times a second) plus the scene line and every image decoded.
+AT_REST_JS = """
+(want) => {
+  if (document.querySelector('[data-testid="stException"]')) return 'exception';
+  if (document.querySelector('[data-testid="stStatusWidget"]')) return false;
+  if (document.querySelectorAll('[data-stale="true"]').length) return false;
+  if (![...document.querySelectorAll('[data-testid="stMarkdownContainer"] strong')].some(e => e.textContent === want))
+    return false;
+  return [...document.querySelectorAll('[data-testid="stImage"] img')].every(i => i.complete && i.naturalWidth > 0)
+    ? 'ok' : false;
+}
+"""
 
 
 @dataclass
@@ -697,13 +710,19 @@ async def follower_sees(page: Any, index: int, change: Change, want: str, start:
         if await handle.json_value() != "ok":
             raise RuntimeError(f"exception: {await exception_text(page)}")
         change.shown[index] = time.monotonic() - start
-        if await settle(page, [want], 0, limit) != "ok":
+        if await at_rest(page, want, limit) != "ok":
             raise RuntimeError(f"exception: {await exception_text(page)}")
         change.drawn[index] = time.monotonic() - start
     except (PlaywrightTimeout, Timeout):
         change.errors.append(f"follower {index + 1}, {want}: timeout")
     except Exception as exc:
         change.errors.append(f"follower {index + 1}, {want}: {type(exc).__name__}: {exc}"[:400])
+
+
+async def at_rest(page: Any, want: str, deadline: float) -> str:
+    """Wait until ``page`` is at rest on scene ``want`` (AT_REST_JS); "ok" or "exception"."""
+    handle = await page.wait_for_function(AT_REST_JS, arg=want, polling=POLL_MS, timeout=remaining_ms(deadline))
+    return await handle.json_value()
 
 
 async def open_follower(browser: Any, url: str, code: str, want: str, gate: asyncio.Semaphore,
@@ -713,7 +732,7 @@ async def open_follower(browser: Any, url: str, code: str, want: str, gate: asyn
         context = await browser.new_context(viewport=VIEWPORT, reduced_motion="reduce")
         page = await context.new_page()
         await page.goto(f"{url}/?room={code}", timeout=remaining_ms(deadline))
-        if await settle(page, [f"Following room {code}", want], 0, deadline) != "ok":
+        if await at_rest(page, want, deadline) != "ok":
             raise RuntimeError(f"exception: {await exception_text(page)}")
         return page
 
@@ -733,13 +752,15 @@ async def drive_lecture(url: str, args: argparse.Namespace, mark: Any) -> Lectur
             presenter = await (await browser.new_context(viewport=VIEWPORT, reduced_motion="reduce")).new_page()
             start = time.monotonic()
             await presenter.goto(f"{url}/?lecture={args.lecture}", timeout=remaining_ms(deadline))
-            await settle(presenter, ["Room ", "Scene 1 of "], 0, deadline)
+            for shown in (r"Room [A-Z0-9]{4}", r"Scene 1 of \d+"):
+                await presenter.get_by_text(re.compile(shown)).first.wait_for(timeout=remaining_ms(deadline))
             text = await presenter.get_by_test_id("stMain").inner_text()
             found = re.search(r"Room ([A-Z0-9]{4})", text), re.search(r"Scene 1 of (\d+)", text)
             if not all(found):
                 raise RuntimeError(f"the presenter's page shows no room or scene:\n{text[:400]}"
                                    f"\n{await exception_text(presenter)}")
             run.code, run.scenes = found[0].group(1), int(found[1].group(1))
+            await at_rest(presenter, scene_label(1, run.scenes), deadline)
             run.presenter_open_s = time.monotonic() - start
             mark("sessions")
 
@@ -764,7 +785,7 @@ async def drive_lecture(url: str, args: argparse.Namespace, mark: Any) -> Lectur
                 for number in numbers:
                     want = scene_label(number, run.scenes)
                     before = scene_label(number + (-1 if direction == "next" else 1), run.scenes)
-                    await asyncio.gather(*(settle(page, [before], 0, deadline) for page in (presenter, *followers)),
+                    await asyncio.gather(*(at_rest(page, before, deadline) for page in (presenter, *followers)),
                                          return_exceptions=True)  # the room at rest; a failure shows up below
                     change = Change(number, direction, [None] * len(followers), [None] * len(followers))
                     start = time.monotonic()

@@ -647,6 +647,7 @@ async def drive(url: str, photos: list[Photo], stagger: float, timeout: float,
 
 SHOWN_MS = 25  # how often a follower's page is checked for the new "Scene k of n" (cheap: one query)
 OPEN_AT_ONCE = 4  # followers opening their page together (opening costs chromium seconds of CPU)
+OPEN_S = 180  # longest wait for one follower's page to open and come to rest: one stuck page must not hold the run
 
 #: "ok" when the page's bold line reads ``want`` ("Scene k of n"), "exception" when Streamlit shows one.
 SHOWN_JS = """
@@ -729,6 +730,7 @@ async def open_follower(browser: Any, url: str, code: str, want: str, gate: asyn
                         deadline: float) -> Any:
     """A new context that follows room ``code`` and shows ``want``; returns its page."""
     async with gate:
+        deadline = min(deadline, time.monotonic() + OPEN_S)
         context = await browser.new_context(viewport=VIEWPORT, reduced_motion="reduce")
         page = await context.new_page()
         await page.goto(f"{url}/?room={code}", timeout=remaining_ms(deadline))

@@ -13,8 +13,8 @@ page first loads the model, as a teacher opening the app before the lesson would
 
 "Settled" means: the script run finished (``data-test-script-state`` of ``stApp`` is ``notRunning``, no running
 status widget), nothing on the page is stale (``[data-stale="true"]``), the text that only the new run draws is
-there (the uploaded file's name, "Stage 2, module", "Explaining class"), every panel (an ``st.image`` whose caption
-contains "colours:") is present and its picture decoded in the browser (``naturalWidth > 0``). A Streamlit
+there (the uploaded file's name, "Stage 2, module", "Explaining class"), every panel (a map with its colorbar, ``.ra-colorbar``)
+is present and every picture decoded in the browser (``naturalWidth > 0``). A Streamlit
 exception element ends the wait at once and counts as an error; a wait that reaches the time limit is a timeout.
 With the default ``--stagger 0`` the sessions open together and then *upload together* (each waits for the
 others to be ready first): the class presses enter at once, the worst case for the upload latency. With
@@ -135,12 +135,11 @@ SETTLED_JS = """
   const text = document.body.textContent;  // not innerText: that forces a layout on every poll
   if (!spec.markers.every(m => text.includes(m))) return false;
   const main = document.querySelector('[data-testid="stMain"]') || document.body;
-  const panels = [...main.querySelectorAll('[data-testid="stImage"]')]
-    .filter(e => (e.textContent || '').includes('colours:'));
+  const panels = main.querySelectorAll('.ra-colorbar').length;  // every map is drawn with its colorbar
   const undrawn = [...main.querySelectorAll('[data-testid="stAlert"]')]
     .filter(e => (e.textContent || '').includes('Not drawn as a map')).length;
-  if (panels.length + undrawn < spec.panels) return false;
-  return panels.every(p => { const i = p.querySelector('img'); return i && i.complete && i.naturalWidth > 0; })
+  if (panels + undrawn < spec.panels) return false;
+  return [...main.querySelectorAll('[data-testid="stImage"] img')].every(i => i.complete && i.naturalWidth > 0)
     ? 'ok' : false;
 }
 """

@@ -198,8 +198,8 @@ class Scale:
 _NATURAL = {
     "mask": "fixed scale 0–1 (sigmoid mask)",
     "channel_mask": "fixed scale −1–1 (channel attention f2)",
-    "feature": "fixed scale: 0–max, max–0 or symmetric around 0, as the map's sign",
-    "attribution": "fixed scale: 0–max, max–0 or symmetric around 0, as the map's sign",
+    "feature": "fixed scale: 0–max, min–0 or symmetric around 0, as the map's sign",
+    "attribution": "fixed scale: 0–max, min–0 or symmetric around 0, as the map's sign",
 }
 
 

@@ -2,12 +2,14 @@
 module, channel view, contrast and colormaps, so a lecture scene, a student's finding or a bug report is one link.
 
 ``restore()`` reads the parameters once, on a session's first run, into the widgets' ``st.session_state`` keys
-(checked: an unknown value is reported and left out, never half-applied); ``link()`` writes the current view.
+(``apply()``, also used by a lecture's "explore from here": an unknown value is reported and left out, never
+half-applied); ``link()`` writes the current view.
 An uploaded image cannot travel in a link (only gallery photos have names every server knows); the link says so.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -44,7 +46,13 @@ def restore(page: str) -> list[str]:
     if st.session_state.get("_url_restored"):
         return []
     st.session_state["_url_restored"] = True
-    params, problems = st.query_params, []
+    return apply(st.query_params, page)
+
+
+def apply(params: Mapping[str, str], page: str) -> list[str]:
+    """Set the widgets' session keys to the view ``params`` describe (a link's, or a lecture scene's) on
+    ``page``; returns what could not be applied (the rest is)."""
+    problems: list[str] = []
     if "model" in params:
         key = _checkpoints().get(params["model"])
         if key:

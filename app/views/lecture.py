@@ -9,7 +9,7 @@ touching anything. Scenes are computed once per server (:func:`rendered`) and sh
 from pathlib import Path
 
 import streamlit as st
-from ui import components, rooms, state
+from ui import components, rooms, state, urlstate
 
 from resattn import maps, scenes
 from resattn.lecture import Lecture, LectureError, Scene, find_lectures, load_lecture
@@ -105,20 +105,15 @@ def explore_from_here(scene: Scene) -> None:
     view = scene.view
     target = {"explore": "views/explore.py", "attribution": "views/attribution.py", "learn": "views/learn.py",
               "compare": "views/compare.py"}.get(view.page, "views/explore.py")
+    params = {"stage": str(view.get("stage")), "module": str(view.get("module"))}
     model = view.get("model") or (view.get("models") or [None])[0]
-    entry = next((e for e in state.catalogue(include_random=False) if e.path and e.path.stem == model), None)
-    if entry is not None:
-        st.session_state["model"] = entry.key
-    image = view.get("image")
-    if image:
-        label = next((k for k in components._gallery_items() if k.lower().startswith(str(image).lower())), None)
-        if label:
-            st.session_state["source"], st.session_state["gallery"] = "Gallery", label
-    st.session_state["stage"], st.session_state["module"] = view.get("stage"), view.get("module")
+    if model:
+        params["model"] = model
+    if view.get("image"):
+        params["image"] = view.get("image")
     if view.page == "explore":
-        st.session_state["reduction"] = view.get("reduction")
-        st.session_state["contrast_explore"] = view.get("contrast")
-        st.session_state["topk"] = view.get("k")
+        params.update(reduction=view.get("reduction"), contrast=view.get("contrast"), k=str(view.get("k")))
+    urlstate.apply(params, "explore")  # a link's rules: checkpoint by stem, gallery photo by the start of its name
     if view.page == "attribution":
         st.session_state["methods"] = [view.get("method")]
     st.session_state["_lecture_goto"] = target

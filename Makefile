@@ -19,7 +19,7 @@ chromium:
 	     "(install Debian's chromium to run them)"; fi
 
 app: install
-	$(PYTHON) -m streamlit run app/main.py --server.port $(PORT)
+	$(PYTHON) -m streamlit run app/serve.py --server.port $(PORT)
 
 test: install chromium
 	$(PYTHON) -m pytest -q

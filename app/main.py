@@ -1,4 +1,5 @@
-"""The resattn explorer: ``streamlit run app/main.py``.
+"""The resattn explorer: ``streamlit run app/serve.py`` (this script, plus lecture rooms' wait route), or
+``streamlit run app/main.py`` (the same pages; lecture followers then poll).
 
 The sidebar (model, image, stage, module, colours) is shared by every page; each page lives in ``app/views/``,
 the parts pages share in ``app/ui/``.

@@ -1,6 +1,6 @@
 """One explorer server, a whole class: N concurrent real browser sessions, each with its own photo.
 
-Starts ``streamlit run app/main.py`` on 127.0.0.1 (a free port, ``RESATTN_THREADS=1``, the repository's
+Starts ``streamlit run app/serve.py`` on 127.0.0.1 (a free port, ``RESATTN_THREADS=1``, the repository's
 ``checkpoints/`` or ``--checkpoint-dir``, no random models) and drives it with Debian's chromium through
 Playwright: one browser, one browser context (its own cookies, its own Streamlit session) per student. A warm-up
 page first loads the model, as a teacher opening the app before the lesson would. Then each session:
@@ -53,11 +53,12 @@ The model shown is the app's default (the photo model if ``checkpoints/`` has on
 checkpoint); it must have attention modules in stage 2. Exit status 0 when there were no errors and no
 mismatches, 1 otherwise, 130 when interrupted (Ctrl-C or SIGTERM stop the server and the browser first).
 
-**Lecture mode** (``--lecture NAME --followers N``, issue 28): one presenter opens ``/?lecture=NAME`` (scene 1
-is computed: the warm-up) and N followers, each in its own browser context, open ``/?room=CODE``. The room idles
-``--idle`` seconds (the followers' pages poll the room all the while), then the presenter goes forward through
-every scene with → (first pass: each change computes its scene, once for the server) and back with ← (second
-pass: every scene computed before), the room at rest (every page settled) before each change. Reported per pass:
+**Lecture mode** (``--lecture NAME --followers N``, issue 28): one presenter opens ``/?lecture=NAME`` (the
+warm-up: scene 1 is computed, and the server starts computing the others in the background) and N followers,
+each in its own browser context, open ``/?room=CODE``. The room idles ``--idle`` seconds (the followers' pages
+wait on the room, or poll it on a server without the room routes), then the presenter goes forward through every
+scene with → (first pass: each scene's first visit, which computes it unless the background has) and back with ←
+(second pass: revisits), the room at rest (every page settled) before each change. Reported per pass:
 p50 / p95 / max of the seconds from the key press to each follower showing the new bold "Scene k of n" (polled
 every 25 ms in the page) and to its whole scene drawn, timeouts (``--change-timeout``) and Streamlit exceptions;
 the server's CPU seconds during the pass divided by followers × changes (ms per follower per change; also net of
@@ -214,9 +215,9 @@ def server_env(checkpoint_dir: Path | None) -> dict[str, str]:
 
 
 def start_server(port: int, checkpoint_dir: Path | None, log: io.TextIOBase) -> subprocess.Popen:
-    """``streamlit run app/main.py`` in its own process group (so that it and its children can be stopped)."""
+    """``streamlit run app/serve.py`` in its own process group (so that it and its children can be stopped)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.headless", "true",
+        [sys.executable, "-m", "streamlit", "run", "app/serve.py", "--server.headless", "true",
          "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false"],
         cwd=ROOT, env=server_env(checkpoint_dir), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
@@ -649,26 +650,30 @@ OPEN_AT_ONCE = 4  # followers opening their page together (opening costs chromiu
 OPEN_S = 180  # longest wait for one follower's page to open and come to rest: one stuck page must not hold the run
 
 #: "ok" when the page's bold line reads ``want`` ("Scene k of n"), "exception" when Streamlit shows one.
+#: Where a page shows a scene: the page itself (the presenter, or a follower without the room routes) and the
+#: shadow root of a follower's room element (app/ui/follow.py marks its host ``data-resattn-room``).
+ROOTS_JS = "[document, ...[...document.querySelectorAll('[data-resattn-room]')].map(e => e.shadowRoot).filter(r => r)]"
 SHOWN_JS = """
 (want) => {
   if (document.querySelector('[data-testid="stException"]')) return 'exception';
-  return [...document.querySelectorAll('[data-testid="stMarkdownContainer"] strong')]
-    .some(e => e.textContent === want) ? 'ok' : false;
+  return ROOTS.some(r => [...r.querySelectorAll('[data-testid="stMarkdownContainer"] strong, .where strong')]
+    .some(e => e.textContent === want)) ? 'ok' : false;
 }
-"""
+""".replace("ROOTS", ROOTS_JS)
 #: The page at rest on scene ``want``: tests/browser.py's settle() (no status widget, nothing stale; it ignores the
-#: script state, which a follower's poll flips four times a second) plus the scene line and every image decoded.
+#: script state, which a polling follower flips four times a second) plus the scene line and every image decoded.
 AT_REST_JS = """
 (want) => {
   if (document.querySelector('[data-testid="stException"]')) return 'exception';
   if (document.querySelector('[data-testid="stStatusWidget"]')) return false;
   if (document.querySelectorAll('[data-stale="true"]').length) return false;
-  if (![...document.querySelectorAll('[data-testid="stMarkdownContainer"] strong')].some(e => e.textContent === want))
-    return false;
-  return [...document.querySelectorAll('[data-testid="stImage"] img')].every(i => i.complete && i.naturalWidth > 0)
-    ? 'ok' : false;
+  const roots = ROOTS;
+  if (!roots.some(r => [...r.querySelectorAll('[data-testid="stMarkdownContainer"] strong, .where strong')]
+      .some(e => e.textContent === want))) return false;
+  return roots.every(r => [...r.querySelectorAll('[data-testid="stImage"] img, .panel img')]
+    .every(i => i.complete && i.naturalWidth > 0)) ? 'ok' : false;
 }
-"""
+""".replace("ROOTS", ROOTS_JS)
 
 
 @dataclass
@@ -739,9 +744,9 @@ async def open_follower(browser: Any, url: str, code: str, want: str, gate: asyn
 
 
 async def drive_lecture(url: str, args: argparse.Namespace, mark: Any) -> LectureRun:
-    """The presenter opens ``/?lecture=NAME`` (the warm-up: scene 1 is computed), N followers open the room, the
-    room idles ``--idle`` seconds, then the presenter goes forward through every scene (→, each scene computed
-    by that change) and back (←, every scene computed before), the room at rest before each change. Marks:
+    """The presenter opens ``/?lecture=NAME`` (the warm-up), N followers open the room, the room idles ``--idle``
+    seconds, then the presenter goes forward through every scene (→, first visits) and back (←, revisits), the
+    room at rest before each change. Marks:
     "sessions" (presenter ready), "idle" (followers ready), "first" (first pass), "second", "end"."""
     from playwright.async_api import async_playwright
 
@@ -939,7 +944,7 @@ def print_lecture_report(summary: dict[str, Any]) -> None:
           f"followers in {fmt(summary['followers_open_s'], 1)} s")
     print(f"{'pass':<30}{'ok/n':>9}{'p50 s':>8}{'p95 s':>8}{'max s':>8}{'drawn p50/p95 s':>17}{'timeouts':>10}"
           f"{'exceptions':>12}{'server ms/follower/change':>27}{'net of polling':>16}")
-    for name, label in (("first", "first pass (computes scenes)"), ("second", "second pass (computed)")):
+    for name, label in (("first", "first pass (first visits)"), ("second", "second pass (revisits)")):
         r = summary["passes"][name]
         print(f"{label:<30}{str(r['shown_ok']) + '/' + str(r['expected']):>9}{fmt(r['shown_p50_s']):>8}"
               f"{fmt(r['shown_p95_s']):>8}{fmt(r['shown_max_s']):>8}"

@@ -49,12 +49,12 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def streamlit_server(log_path: Path, env: dict[str, str] | None = None) -> Iterator[str]:
-    """``streamlit run app/main.py`` headless on a free port; yields its URL, stops it afterwards."""
+    """``streamlit run app/serve.py`` headless on a free port; yields its URL, stops it afterwards."""
     port = free_port()
     full_env = {**os.environ, "RESATTN_THREADS": "1", **(env or {})}
     with log_path.open("w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.headless", "true",
+            [sys.executable, "-m", "streamlit", "run", "app/serve.py", "--server.headless", "true",
              "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false"],
             cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
         )

@@ -1,4 +1,4 @@
-"""Real browser: `streamlit run app/main.py` headless on 127.0.0.1, driven by Playwright with Debian's chromium.
+"""Real browser: `streamlit run app/serve.py` headless on 127.0.0.1, driven by Playwright with Debian's chromium.
 
 Uploads a photo (scikit-learn's china.jpg, a temple the photo model calls a church, shipped with the package),
 waits for the M/T/H panels and checks that the images really decoded, switches the stage, opens Attribution and

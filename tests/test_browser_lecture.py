@@ -2,7 +2,9 @@
 
 The presenter opens ``/?lecture=paper`` and moves with the keyboard and the buttons; each follower opened
 ``/?room=CODE`` and must show the presenter's "Scene k of n" within a second of a typical change (none beyond
-two) without touching anything; a follower's "explore from here" leaves the room where it is, and a follower cannot move it. With
+two) without touching anything, and while the room rests must send the server nothing (it waits on the room). A
+follower's "explore from here" leaves the room where it is, a follower cannot move it, and when the presenter
+closes the room every follower's page says so. With
 ``RESATTN_SCREENSHOTS=docs`` (``make screenshots``) the presenter's scene is saved for the README.
 """
 
@@ -25,16 +27,18 @@ FOLLOW_SECONDS = 1.0  # the promise: a follower shows a change within a second
 
 
 def _scene(page) -> str:  # noqa: ANN001
-    text = page.get_by_text(re.compile(r"Scene \d+ of \d+")).first.inner_text(timeout=120_000)
+    """The bold "Scene k of n" a page shows (Playwright's locators see into a follower's room element)."""
+    text = page.locator("strong").filter(has_text=re.compile(r"^Scene \d+ of \d+$")).first.inner_text(timeout=120_000)
     return re.search(r"Scene (\d+ of \d+)", text).group(1)
 
 
 def _wait_for_scene(page, expected: str, timeout: float) -> float:  # noqa: ANN001
     """Seconds until ``page`` shows "Scene ``expected``" (polling the page's text), or fail after ``timeout``."""
     start = time.perf_counter()
-    page.wait_for_function(  # the bold "Scene k of n" line; a cheap query, so the polling takes little CPU
-        "(want) => [...document.querySelectorAll('[data-testid=\"stMarkdownContainer\"] strong')]"
-        ".some(e => e.textContent === 'Scene ' + want)", arg=expected, timeout=timeout * 1000, polling=25)
+    page.wait_for_function(  # the bold "Scene k of n", in the page or in a follower's room element (shadow root)
+        "(want) => [document, ...[...document.querySelectorAll('[data-resattn-room]')].map(e => e.shadowRoot)]"
+        ".some(r => r && [...r.querySelectorAll('strong')].some(e => e.textContent === 'Scene ' + want))",
+        arg=expected, timeout=timeout * 1000, polling=25)
     return time.perf_counter() - start
 
 
@@ -53,14 +57,21 @@ def test_two_followers_follow_the_presenter_within_a_second(tmp_path):
             code = re.search(r"Room ([A-Z0-9]{4})", room).group(1)
             settle(presenter)
             assert _scene(presenter) == "1 of 14"
-            followers = []
-            for _ in range(2):
+            followers, sent = [], []  # sent: when the first follower's page sent the server anything
+            for index in range(2):
                 page = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
+                if index == 0:
+                    page.on("websocket", lambda ws: ws.on("framesent", lambda _: sent.append(time.perf_counter())))
                 page.goto(f"{url}/?room={code}", timeout=90_000)
                 expect(page.get_by_text(f"Following room {code}", exact=False)).to_be_visible(timeout=180_000)
                 settle(page)
                 followers.append(page)
             assert [_scene(f) for f in followers] == ["1 of 14", "1 of 14"]
+            # at rest, a follower waits on the room (app/serve.py's route) and asks Streamlit for nothing: no rerun
+            # requests, where polling would send four a second
+            rest = time.perf_counter()
+            followers[0].wait_for_timeout(2000)
+            assert not [t for t in sent if t > rest], f"{len([t for t in sent if t > rest])} messages at rest"
 
             # the presenter moves on by keyboard and button; the followers follow (the first visit of a scene
             # computes it, once for everyone)
@@ -100,5 +111,10 @@ def test_two_followers_follow_the_presenter_within_a_second(tmp_path):
             assert _scene(presenter) == "2 of 14" and _scene(second) == "2 of 14"
             first.get_by_role("button", name=f"Follow room {code} again").click()
             _wait_for_scene(first, "2 of 14", 120)
+
+            # the presenter closes the room: every follower's page says so, without touching anything
+            presenter.get_by_role("button", name="Close the room").click()
+            for page in followers:
+                expect(page.get_by_text(f"There is no room {code}").first).to_be_visible(timeout=30_000)
         finally:
             browser.close()

@@ -3,8 +3,10 @@ from shipped checkpoints and photos), the rooms, and the Lecture page presenting
 
 from __future__ import annotations
 
+import gzip
 import re
 import sys
+from html import escape
 from pathlib import Path
 
 import pytest
@@ -132,6 +134,98 @@ def test_only_the_presenter_moves_or_closes_a_room_and_idle_rooms_end():
     assert store.close(other.code, other.token) and store.get(other.code) is None
 
 
+def test_a_wait_answers_when_the_room_moves_or_ends_and_holds_while_it_rests():
+    import asyncio
+    import threading
+
+    from ui.rooms import Rooms
+
+    store = Rooms()
+    room = store.open("paper", 14)
+
+    async def scenario() -> list:
+        seen = []
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        seen.append((await store.wait(room.code, 1, timeout=0.2)).scene)  # at rest: held for the whole timeout
+        seen.append(round(loop.time() - start, 1))
+        assert (await store.wait(room.code, 3, timeout=5)).scene == 1  # not the scene shown: answered at once
+        # the presenter moves (a script thread): the held wait answers at once, not after its timeout
+        threading.Timer(0.1, store.show, (room.code, room.token, 4)).start()
+        start = loop.time()
+        seen.append((await store.wait(room.code.lower(), 1, timeout=10)).scene)
+        seen.append(loop.time() - start < 2)
+        threading.Timer(0.1, store.close, (room.code, room.token)).start()
+        seen.append(await store.wait(room.code, 4, timeout=10))  # the room ends: None
+        seen.append(await store.wait("NONE", 1, timeout=10))  # no such room: None at once
+        return seen
+
+    assert asyncio.run(scenario()) == [1, 0.2, 4, True, None, None]
+    assert not store._waiting  # every finished wait left
+
+
+def _call(route, path: str, query: str = "", headers: list | None = None) -> tuple[int, bytes, str | None]:  # noqa: ANN001
+    """Run ``route`` on a GET of ``path`` as the server would: status, body and Cache-Control."""
+    import asyncio
+
+    from starlette.requests import Request
+    from starlette.routing import Match
+
+    scope = {"type": "http", "method": "GET", "path": path, "headers": headers or [], "query_string": query.encode()}
+    match, child = route.matches(scope)
+    assert match == Match.FULL, path
+    response = asyncio.run(route.endpoint(Request({**scope, **child})))
+    return response.status_code, response.body, response.headers.get("cache-control")
+
+
+def test_the_wait_route_answers_in_json_and_says_when_a_room_is_gone(monkeypatch):
+    import threading
+
+    from ui import room_routes, rooms
+
+    store = rooms.Rooms()
+    monkeypatch.setattr(rooms, "rooms", lambda: store)
+    monkeypatch.setattr(room_routes, "WAIT_SECONDS", 0.2)
+    room = store.open("paper", 14)
+    wait = room_routes.routes("/class/")[0]  # under the server's base URL path
+    url = f"/class{room_routes.ROOMS_PATH}/{room.code.lower()}"
+    assert _call(wait, url, "scene=3") == (200, b'{"scene":1,"scenes":14}', "no-store")  # not the scene shown
+    assert _call(wait, url, "scene=1") == (200, b'{"scene":1,"scenes":14}', "no-store")  # held, then "no change"
+    assert _call(wait, url, "scene=two")[0] == 400
+    monkeypatch.setattr(room_routes, "WAIT_SECONDS", 10)
+    threading.Timer(0.2, store.show, (room.code, room.token, 2)).start()
+    assert _call(wait, url, "scene=1")[:2] == (200, b'{"scene":2,"scenes":14}')  # the move ends the wait
+    store.close(room.code, room.token)
+    status, body, _ = _call(wait, url, "scene=2")
+    assert status == 404 and room.code.encode() in body
+
+
+def test_the_scene_route_serves_the_rooms_scene_as_the_offline_copy_renders_it(monkeypatch):
+    from ui import lecture_scenes, room_routes, rooms
+
+    store = rooms.Rooms()
+    monkeypatch.setattr(rooms, "rooms", lambda: store)
+    room = store.open("paper", 14)
+    scene = room_routes.routes()[1]
+    base = f"{room_routes.ROOMS_PATH}/{room.code}/scenes"
+    status, body, cache = _call(scene, f"{base}/14")
+    assert status == 200 and cache == "no-store"
+    text = body.decode()
+    lecture = load_lecture(SHIPPED)
+    assert "<strong>Scene 14 of 14</strong>" in text and escape(lecture.scenes[13].title) in text
+    assert text == lecture_scenes.fragment(*lecture_scenes.key(SHIPPED, 14)).decode()  # computed once, shared
+    assert "http://" not in text and "https://" not in text  # nothing fetched from elsewhere
+    assert text.count("data:image/jpeg;base64,") == 0  # scene 14 is words; a scene with pictures sends JPEG:
+    status, body, _ = _call(scene, f"{base}/2", headers=[(b"accept-encoding", b"gzip, deflate")])
+    text = gzip.decompress(body).decode()  # compressed once per server, sent as it is
+    assert status == 200 and "<strong>Scene 2 of 14</strong>" in text
+    assert text.count("data:image/jpeg;base64,") == len(render_scene(lecture.scenes[1], Resources(
+        ROOT / "checkpoints")).panels) > 0
+    assert _call(scene, f"{base}/15")[0] == 404 and _call(scene, f"{base}/0")[0] == 404
+    store.close(room.code, room.token)
+    assert _call(scene, f"{base}/14")[0] == 404
+
+
 # ------------------------------------------------------------------------------------------- the page
 
 
@@ -165,7 +259,7 @@ def test_a_presenter_walks_every_scene_and_a_follower_sees_each_one(lecture_app)
     code = presenter.session_state["lecture_room"]
     assert any(f"Room {code}" in s.value for s in presenter.success)
     assert _scene_line(presenter) == "1 of 14"
-    follower = lecture_app(room=code.lower())
+    follower = lecture_app(room=code.lower())  # AppTest runs app/main.py: no wait route, the follower polls
     _no_exceptions(follower)
     assert _scene_line(follower) == "1 of 14"
     assert not [b for b in follower.button if b.key in ("lecture_next", "lecture_previous")]  # cannot advance

@@ -4,10 +4,15 @@ A room has a short code (what students type or open as ``/?room=CODE``) and a se
 presenter's session holds: only the token moves the room or closes it. A room ends when its presenter closes it or
 after :data:`IDLE_SECONDS` without a change. One :class:`Rooms` per server (``rooms()``, an ``st.cache_resource``),
 guarded by a lock, since every session runs in its own thread.
+
+Followers learn that their room moved by *waiting* for it (:meth:`Rooms.wait`, which the route in
+:mod:`ui.room_routes` holds open): a wait sleeps on an event that :meth:`Rooms.show` and :meth:`Rooms.close` set,
+so a room at rest costs the server nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import threading
 import time
@@ -38,6 +43,7 @@ class Rooms:
 
     def __init__(self, idle_seconds: float = IDLE_SECONDS, clock=time.monotonic) -> None:
         self._rooms: dict[str, Room] = {}
+        self._waiting: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
         self._lock = threading.Lock()
         self.idle_seconds = idle_seconds
         self._clock = clock
@@ -68,6 +74,7 @@ class Rooms:
                 return False
             room.scene = min(max(1, int(scene)), room.scenes)
             room.changed = self._clock()
+            self._wake(room.code)
             return True
 
     def close(self, code: str, token: str) -> bool:
@@ -77,12 +84,42 @@ class Rooms:
             if room is None or not secrets.compare_digest(room.token, token):
                 return False
             del self._rooms[room.code]
+            self._wake(room.code)
             return True
+
+    async def wait(self, code: str, scene: int, timeout: float) -> Room | None:
+        """Wait (in an event loop) until room ``code`` shows a scene other than ``scene`` or ends, at most
+        ``timeout`` seconds; then a copy of the room, or None when it has ended."""
+        code = normalise(code)
+        loop, event = asyncio.get_running_loop(), asyncio.Event()
+        with self._lock:
+            self._waiting.setdefault(code, set()).add((loop, event))
+        try:
+            room = self.get(code)
+            if room is not None and room.scene == scene:
+                try:
+                    await asyncio.wait_for(event.wait(), timeout)
+                except asyncio.TimeoutError:  # TimeoutError itself from Python 3.11
+                    pass
+                room = self.get(code)
+            return room
+        finally:
+            with self._lock:
+                waiters = self._waiting.get(code, set())
+                waiters.discard((loop, event))
+                if not waiters:
+                    self._waiting.pop(code, None)
+
+    def _wake(self, code: str) -> None:
+        """Wake every wait on room ``code`` (called with the lock held, from any thread)."""
+        for loop, event in self._waiting.get(code, ()):
+            loop.call_soon_threadsafe(event.set)
 
     def _expire(self) -> None:
         now = self._clock()
         for code in [c for c, r in self._rooms.items() if now - r.changed > self.idle_seconds]:
             del self._rooms[code]
+            self._wake(code)
 
 
 def normalise(code: str) -> str:

@@ -2,21 +2,20 @@
 
 The presenter opens a lecture (here, or at ``/?lecture=NAME``) and gets a room code; students open
 ``/?room=CODE`` (or type the code) and see the presenter's scene within a second of every change, without
-touching anything. Scenes are computed once per server (:func:`rendered`) and shared by every follower. Thin over
-:mod:`resattn.lecture` (the file format) and :mod:`resattn.scenes` (what a scene shows).
+touching anything. Scenes are computed once per server (:mod:`ui.lecture_scenes`) and shared by every follower;
+on a server started from ``app/serve.py`` a follower's page fetches each new scene as one HTML fragment, without
+a Streamlit rerun (:mod:`ui.follow`). Thin over :mod:`resattn.lecture` (the file format) and
+:mod:`resattn.scenes` (what a scene shows).
 """
 
 from pathlib import Path
 
 import streamlit as st
-from ui import components, rooms, state, urlstate
+from ui import components, follow, room_routes, rooms, urlstate
+from ui.lecture_scenes import LECTURES, key, lecture_file, pictures, rendered, warm
 
-from resattn import maps, scenes
-from resattn.lecture import Lecture, LectureError, Scene, find_lectures, load_lecture
+from resattn.lecture import Lecture, LectureError, Scene, find_lectures
 
-LECTURES = Path(__file__).resolve().parents[1] / "lectures"
-#: How often a follower's page asks the server whether the room moved (seconds).
-POLL_SECONDS = 0.25
 PER_ROW = 4
 #: The keyboard for the presenter: → or space for the next scene, ← for the previous one.
 KEYS = """<script>
@@ -32,25 +31,6 @@ if (!doc.__resattnKeys) {
   });
 }
 </script>"""
-
-
-@st.cache_resource(show_spinner=False, max_entries=8)
-def lecture_file(path: str, mtime: int) -> Lecture:
-    """The lecture at ``path`` (raises LectureError)."""
-    return load_lecture(path)
-
-
-@st.cache_resource(show_spinner=False, max_entries=128)
-def rendered(path: str, mtime: int, number: int, checkpoints: str) -> scenes.Rendered:
-    """Scene ``number`` of the lecture at ``path``, computed once per server and shared by every session."""
-    lecture = lecture_file(path, mtime)
-    return scenes.render_scene(lecture.scenes[number - 1], scenes.Resources(checkpoints, lecture.folder))
-
-
-@st.cache_resource(show_spinner=False, max_entries=128)
-def pictures(path: str, mtime: int, number: int, checkpoints: str) -> list[bytes]:
-    """The scene's pictures as PNG, encoded once per server (a follower's rerun then sends bytes, not arrays)."""
-    return [maps.to_png(panel.picture) for panel in rendered(path, mtime, number, checkpoints).panels]
 
 
 def open_lecture(name: str) -> tuple[Lecture, Path] | None:
@@ -75,10 +55,9 @@ def show_scene(lecture: Lecture, path: Path, number: int) -> None:
     st.markdown(scene.text)
     if scene.question:
         st.info(f"**Question for the class:** {scene.question}", icon=":material/forum:")
-    key = (str(path), path.stat().st_mtime_ns, number, str(state.checkpoint_dir()))
     try:
         with st.spinner("Computing this scene (once for the whole room)…"):
-            shown, pngs = rendered(*key), pictures(*key)
+            shown, pngs = rendered(*key(path, number)), pictures(*key(path, number))
     except LectureError as exc:
         st.error(str(exc))
         return
@@ -154,11 +133,23 @@ def present() -> None:
         st.info("The room is closed: its followers are told so.")
         return
     st.html(KEYS, unsafe_allow_javascript=True)
-    st.caption("Keyboard: → or space for the next scene, ← for the previous one.")
+    file, mtime, _, checkpoints = key(path, 1)
+    warming = warm(file, mtime, checkpoints)  # every scene, in the background, once per server
+    ready = (f"scenes computed in advance: {warming.done} of {warming.total}" if warming.done < warming.total
+             else "every scene computed")
+    st.caption(f"Keyboard: → or space for the next scene, ← for the previous one. · {ready}"
+               + (f" (failed: {warming.error})" if warming.error else ""))
     show_scene(lecture, path, room.scene)
 
 
-def follow() -> None:
+def explore_room_scene(code: str, lecture: Lecture) -> None:
+    """``explore_from_here`` for the scene room ``code`` shows now (a follower's page may have followed it since
+    it drew the button: with the wait route a scene change does not rerun the page)."""
+    if (room := rooms.rooms().get(code)) is not None:
+        explore_from_here(lecture.scenes[room.scene - 1])
+
+
+def follow_room() -> None:
     """A student's view: the room's scene, updated within a second of each change, and a way out to explore."""
     code = rooms.normalise(st.text_input("Room code", key="lecture_follow", placeholder="e.g. K7QM"))
     if not code:
@@ -172,22 +163,18 @@ def follow() -> None:
     if opened is None:
         return
     lecture, path = opened
-
-    @st.fragment(run_every=POLL_SECONDS)
-    def watch() -> None:
-        now = rooms.rooms().get(code)
-        if now is None or now.scene != room.scene:
-            st.rerun(scope="app")
-
-    watch()
     st.success(f"Following room **{code}**: this page follows the presenter.", icon=":material/sync:")
     st.button("Explore from here", icon=":material/travel_explore:", key="lecture_explore",
-              on_click=explore_from_here, args=(lecture.scenes[room.scene - 1],),
+              on_click=explore_room_scene, args=(code, lecture),
               help="Opens this scene's view on its own page, to change it freely; “Follow room … again” in the "
                    "sidebar comes back. The room does not move.")
     if (target := st.session_state.pop("_lecture_goto", None)) is not None:
         st.switch_page(target)
-    show_scene(lecture, path, room.scene)
+    if room_routes.SERVED:
+        follow.follow_scenes(code, room.scene)  # the page itself draws each scene the room moves to
+    else:
+        follow.poll_room(code, room.scene)  # a rerun of this page when the room moves
+        show_scene(lecture, path, room.scene)
 
 
 st.title("Lecture")
@@ -202,4 +189,4 @@ mode = st.radio("Mode", ["present", "follow"], key="lecture_mode", horizontal=Tr
 if mode == "present":
     present()
 else:
-    follow()
+    follow_room()

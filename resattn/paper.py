@@ -12,8 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
-__all__ = ["PaperResult", "Contrast", "ContrastRow", "RESULTS", "CONTRASTS", "paper_result", "variant", "contrasts",
-           "test_images", "budget_key", "summary_rows", "tables_words", "paper_gaps"]
+__all__ = ["PaperResult", "Contrast", "ContrastRow", "RESULTS", "CONTRASTS", "PHOTO_CONTRASTS", "paper_result",
+           "variant", "contrasts", "test_images", "budget_key", "summary_rows", "tables_words", "paper_gaps"]
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,13 @@ class Contrast:
     a: tuple[str, str, str]  # (attention, learning, mask)
     b: tuple[str, str, str]
 
+    def words(self) -> str:
+        """The comparison as a line states it: the paper's gap, or that the paper makes it on CIFAR-10 only."""
+        gap = self.paper_gap()
+        if gap is None:
+            return f"the paper compares these on CIFAR-10 only ({self.table})"
+        return f"error gap in the paper {gap:.2f} points"
+
     def paper_gap(self) -> float | None:
         """The paper's error of ``b`` minus that of ``a``, in points (positive: ``a`` is better)."""
         first, second = paper_result(self.model, *self.a), paper_result(self.model, *self.b)
@@ -105,6 +112,17 @@ CONTRASTS: tuple[Contrast, ...] = tuple(
         ("Table 4", "hourglass vs local mask", ("mixed", "arl", "hourglass"), ("mixed", "arl", "local")),
     )
     if paper_result(model, *a) is not None and paper_result(model, *b) is not None
+)
+
+#: The paper's Table 1 and 3 comparisons on photos (the half-width Imagenette models), which the paper does not
+#: make: rows without a paper figure, the same verdict from the same test-set noise.
+PHOTO_CONTRASTS: tuple[Contrast, ...] = tuple(
+    Contrast(table, question, "attention56_imagenet", a, b)
+    for table, question, a, b in (
+        ("Table 1", "mixed vs channel", ("mixed", "arl", "hourglass"), ("channel", "arl", "hourglass")),
+        ("Table 1", "mixed vs spatial", ("mixed", "arl", "hourglass"), ("spatial", "arl", "hourglass")),
+        ("Table 3", "ARL vs NAL", ("mixed", "arl", "hourglass"), ("mixed", "nal", "hourglass")),
+    )
 )
 
 #: Recipe fields that do not change what a run learns (paths, devices, bookkeeping), that name the variant itself, or
@@ -195,16 +213,18 @@ def _difference(meta_a: Mapping[str, Any], meta_b: Mapping[str, Any]) -> str:
 
 def contrasts(checkpoints: Mapping[str, Mapping[str, Any]]) -> list[ContrastRow]:
     """The paper's comparisons (Tables 1, 3 and 4) among ``checkpoints`` (name → metadata): one row for every
-    pair of trained checkpoints on CIFAR-10 that differ the way a comparison does.
+    pair of trained checkpoints on CIFAR-10 that differ the way a comparison does, then the same comparisons
+    among the photo models (:data:`PHOTO_CONTRASTS`, whose rows have no paper gap).
 
     ``noise`` is twice the standard error of the gap between two accuracies measured on n test images each,
     treated as independent samples, √(p_a(1−p_a)/n + p_b(1−p_b)/n). Both are measured on the same images; where
     the two models' mistakes overlap, as they usually do, the true sampling error of the gap is smaller.
     Seed-to-seed spread, which one seed per variant cannot measure, comes on top.
     """
-    trained = {name: meta for name, meta in checkpoints.items() if _top1(meta) is not None and _is_cifar10(meta)}
+    trained = {name: meta for name, meta in checkpoints.items() if _top1(meta) is not None
+               and (_is_cifar10(meta) or variant(meta)[0] == "attention56_imagenet")}
     rows = []
-    for contrast in CONTRASTS:
+    for contrast in CONTRASTS + PHOTO_CONTRASTS:
         firsts = [n for n, m in trained.items() if variant(m) == (contrast.model, *contrast.a)]
         seconds = [n for n, m in trained.items() if variant(m) == (contrast.model, *contrast.b)]
         for name_a in firsts:

@@ -103,6 +103,26 @@ def test_summary_and_malformed_metadata():
     assert paper.contrasts({"a": {"metrics": "nonsense"}, "b": {}}) == []
 
 
+def test_photo_models_are_compared_as_the_paper_compares_cifar_models_without_a_paper_figure():
+    def photo(attention="mixed", learning="arl", top1=0.88):
+        return {**meta(attention, learning, top1, dataset="imagenette-224", model="attention56_imagenet",
+                       epochs=40.0), "model": "attention56_imagenet", "metrics": {"test_top1": top1, "test_images": 3925}}
+
+    metas = {"photo_mixed": photo(), "photo_spatial": photo("spatial", top1=0.87), "photo_nal": photo(learning="nal"),
+             "cifar_spatial": meta("spatial")}
+    rows = paper.contrasts(metas)
+    assert [(r.contrast.question, r.a, r.b) for r in rows] == [
+        ("mixed vs spatial", "photo_mixed", "photo_spatial"), ("ARL vs NAL", "photo_mixed", "photo_nal")]
+    spatial = rows[0]
+    assert spatial.contrast.paper_gap() is None and spatial.comparable
+    assert spatial.contrast.words() == "the paper compares these on CIFAR-10 only (Table 1)"
+    assert spatial.gap == pytest.approx(1.0)
+    # the same test-set noise as on CIFAR-10, from the 3,925 validation images: 2 SE ≈ 1.47 points
+    assert spatial.noise == pytest.approx(200 * math.sqrt(0.88 * 0.12 / 3925 + 0.87 * 0.13 / 3925))
+    assert spatial.verdict().startswith("within test-set noise")
+    assert paper.CONTRASTS[0].words() == f"error gap in the paper {paper.CONTRASTS[0].paper_gap():.2f} points"
+
+
 def test_how_a_run_was_executed_does_not_change_its_budget():
     cpu = meta(device="cpu", threads=2, bf16=True, cuda_graphs=False)
     gpu = meta("spatial", device="cuda", threads=None, bf16=True, cuda_graphs=True, compile=True, eval_batch_size=500)

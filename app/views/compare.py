@@ -233,7 +233,8 @@ trained = {state.short_label(e): e.meta for e in entries if not e.random and not
 summary = paper.summary_rows(trained)
 pairs = paper.contrasts(trained)
 # the heading names exactly the tables that have a row or a comparison below it
-tables = paper.tables_words([r["paper table"] for r in summary] + [r.contrast.table for r in pairs])
+tables = paper.tables_words([r["paper table"] for r in summary]
+                            + [r.contrast.table for r in pairs if r.contrast.paper_gap() is not None])
 st.subheader(f"The paper's {tables} with these checkpoints" if tables else "The paper's CIFAR-10 tables")
 if not summary:
     st.info("No checkpoint here is a variant the paper reports a CIFAR-10 figure for (full width, trained from "
@@ -249,8 +250,9 @@ if pairs:
     # one line per pair (wraps at any width, unlike a wide table); gaps in points of error, positive when the
     # paper's better variant (named first) is better here too
     st.markdown("\n".join(
-        f"- **{r.contrast.table}: {r.contrast.question}**: `{r.a}` vs `{r.b}`; error gap in the paper "
-        f"{r.contrast.paper_gap():.2f} points, here {r.gap:.2f}: **{r.verdict()}**" for r in pairs))
+        f"- **{r.contrast.table}: {r.contrast.question}"
+        f"{' (photos)' if r.contrast.paper_gap() is None else ''}**: `{r.a}` vs `{r.b}`; {r.contrast.words()}, "
+        f"here {r.gap:.2f}: **{r.verdict()}**" for r in pairs))
     st.caption("Each line names the paper's better variant first; a gap is the other's error minus its error "
                "(positive: the paper's order). "
                "Two checkpoints are comparable only when everything but the variant matches: data, recipe, epochs, "
@@ -263,8 +265,8 @@ if pairs:
                "points. Accuracies and gaps here are the checkpoints' recorded final-epoch figures, the ones the "
                "README states.")
 else:
-    st.info("No two trained CIFAR-10 checkpoints here differ the way one of the paper's comparisons does "
-            "(mixed / channel / spatial attention, ARL / NAL, hourglass / local mask).")
+    st.info("No two trained CIFAR-10 checkpoints, nor two photo models, here differ the way one of the paper's "
+            "comparisons does (mixed / channel / spatial attention, ARL / NAL, hourglass / local mask).")
 
 st.subheader("The paper's Fig. 4: mean absolute output of each stage")
 st.markdown(fig4_words(baselines))

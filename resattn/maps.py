@@ -56,6 +56,8 @@ __all__ = [
     "describe",
     "colorize",
     "overlay",
+    "Heat",
+    "heat",
     "tile",
     "view_map",
     "mask_statistics",
@@ -342,6 +344,27 @@ def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarr
         raise ValueError(f"image {image.shape} and map {heat.shape} differ in shape")
     blend = image.astype(np.float32) * (1 - alpha) + heat.astype(np.float32) * alpha
     return np.clip(blend + 0.5, 0, 255).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class Heat:
+    """A 2-D map drawn in colour: the picture, and the scale and colormap its colorbar must state."""
+
+    picture: np.ndarray  # H×W×3 uint8
+    scale: Scale
+    cmap: str
+
+
+def heat(values: np.ndarray, quantity: Quantity, contrast: Contrast, chosen_cmap: str | None,
+         size: tuple[int, int], *, scale: Scale | None = None, over: np.ndarray | None = None,
+         alpha: float = 0.6) -> Heat:
+    """The one way every page draws a map: ``values`` (H×W) on ``scale`` (default :func:`scale_for` under
+    ``contrast``) with the colormap :func:`cmap_for` allows (a signed map gets a diverging one), enlarged to
+    ``size`` (bilinear) and, given ``over`` (an H×W×3 picture of that size), laid over it with opacity ``alpha``."""
+    scale = scale or scale_for(values, quantity, contrast)
+    cmap = cmap_for(scale, chosen_cmap, quantity)
+    picture = colorize(upsample(values, size), scale.low, scale.high, cmap)
+    return Heat(picture if over is None else overlay(over, picture, alpha), scale, cmap)
 
 
 def tile(pictures: Sequence[np.ndarray], columns: int = 4, gap: int = 2) -> np.ndarray:

@@ -107,10 +107,8 @@ def _prediction(trace: Any, meta: dict[str, Any]) -> tuple[int, str]:
 
 def _map_panel(title: str, values: np.ndarray, picture: np.ndarray, quantity: str, contrast: str,
                cmap: str | None = None) -> Panel:
-    scale = maps.scale_for(values, quantity, contrast)  # type: ignore[arg-type]
-    colours = maps.cmap_for(scale, cmap, quantity)  # type: ignore[arg-type]
-    heat = maps.colorize(maps.upsample(values, picture.shape[:2]), scale.low, scale.high, colours)
-    return Panel(title, maps.overlay(picture, heat, 0.6), scale, colours, maps.describe(values).summary())
+    drawn = maps.heat(values, quantity, contrast, cmap, picture.shape[:2], over=picture)  # type: ignore[arg-type]
+    return Panel(title, drawn.picture, drawn.scale, drawn.cmap, maps.describe(values).summary())
 
 
 def _mask_quantity(meta: dict[str, Any]) -> str:

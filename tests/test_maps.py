@@ -210,3 +210,21 @@ def test_topk_tiles_get_a_scale_of_their_own():
     tiles = trunk[view.channels]
     assert view.grid_scale is not None and view.grid_scale.high == pytest.approx(np.abs(tiles).max())
     assert view.grid_scale.high > view.scale.high  # the mean map's scale would clip the strong tile
+
+
+def test_heat_is_the_one_drawing_of_a_map_with_the_scale_and_colormap_its_colorbar_states():
+    rng = np.random.default_rng(0)
+    values = rng.random((7, 7)).astype(np.float32)
+    drawn = maps.heat(values, "mask", "stretch", "magma", (28, 28))
+    scale = maps.scale_for(values, "mask", "stretch")
+    assert drawn.scale == scale and drawn.cmap == "magma" and drawn.picture.shape == (28, 28, 3)
+    assert np.array_equal(drawn.picture, maps.colorize(maps.upsample(values, (28, 28)), scale.low, scale.high, "magma"))
+    # a signed map on a sequential colormap gets a diverging one, so its sign can be read from the colours
+    signed = maps.heat(values - 0.5, "attribution", "fixed", "inferno", (7, 7))
+    assert signed.cmap in maps.DIVERGING_CMAPS and signed.scale.low == -signed.scale.high
+    # a shared scale is used as given; over a picture the map is blended with the given opacity
+    shared = maps.Scale(0.0, 2.0, False, "fixed", "0 to 2, shared by every model")
+    photo = np.full((28, 28, 3), 200, np.uint8)
+    over = maps.heat(values, "mask", "stretch", "viridis", (28, 28), scale=shared, over=photo, alpha=0.25)
+    alone = maps.colorize(maps.upsample(values, (28, 28)), 0.0, 2.0, "viridis")
+    assert over.scale is shared and np.array_equal(over.picture, maps.overlay(photo, alone, 0.25))

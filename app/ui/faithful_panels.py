@@ -162,10 +162,8 @@ def _map_panel(picture_side: int, amap: np.ndarray, quantity: maps.Quantity, con
     if not stats.ok:
         st.warning(f"{title}: {stats.problem}. Not drawn as a map.")
         return
-    scale = maps.scale_for(amap, quantity, contrast)
-    cmap = maps.cmap_for(scale, chosen_cmap, quantity)  # a signed map gets a diverging colormap
-    heat = maps.colorize(maps.upsample(amap, (picture_side, picture_side)), scale.low, scale.high, cmap)
-    components.map_image(maps.to_png(heat), scale, cmap, caption=f"{title} · {stats.summary()}")
+    drawn = maps.heat(amap, quantity, contrast, chosen_cmap, (picture_side, picture_side))  # signed: diverging
+    components.map_image(maps.to_png(drawn.picture), drawn.scale, drawn.cmap, caption=f"{title} · {stats.summary()}")
 
 
 def deletion_insertion_panel(ctx: components.Context, target: int) -> None:

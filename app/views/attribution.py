@@ -83,10 +83,9 @@ for first in range(0, len(panels), PER_ROW):
                 st.warning(f"{stats.problem}. Not drawn as a map.")
                 continue
             quantity = ctx.mask_scale if key == "mask" else "attribution"
-            scale = maps.scale_for(amap, quantity, contrast)
-            colours = maps.cmap_for(scale, components.cmap("mask" if key == "mask" else "attribution"), quantity)
-            heat = maps.colorize(maps.upsample(amap, (height, width)), scale.low, scale.high, colours)
-            shown = maps.overlay(ctx.picture, heat, alpha)
+            drawn = maps.heat(amap, quantity, contrast, components.cmap("mask" if key == "mask" else "attribution"),
+                              (height, width), over=ctx.picture, alpha=alpha)
+            shown, scale, colours = drawn.picture, drawn.scale, drawn.cmap
             components.map_image(shown, scale, colours, caption=stats.summary())
             st.download_button("PNG", lambda shown=shown, scale=scale, colours=colours:
                                maps.to_png(maps.with_colorbar(shown, scale, colours)),

@@ -68,12 +68,11 @@ def _thumbnail(thumb: Thumb, shared: maps.Scale | None, alpha: float) -> None:
     if not stats.ok:
         st.warning(f"{thumb.name}: {stats.problem}; not drawn as a map")
     else:
-        scale = shared or maps.scale_for(thumb.mask, thumb.quantity, "stretch")
-        cmap = maps.cmap_for(scale, components.cmap("mask"), thumb.quantity)
-        heat = maps.colorize(maps.upsample(thumb.mask, thumb.picture.shape[:2]), scale.low, scale.high, cmap)
-        st.image(maps.to_png(maps.overlay(thumb.picture, heat, alpha)), output_format="PNG")  # PNG: no JPEG blur
+        drawn = maps.heat(thumb.mask, thumb.quantity, "stretch", components.cmap("mask"), thumb.picture.shape[:2],
+                          scale=shared, over=thumb.picture, alpha=alpha)
+        st.image(maps.to_png(drawn.picture), output_format="PNG")  # PNG: no JPEG blur
         if shared is None:
-            components.colorbar(scale, cmap)
+            components.colorbar(drawn.scale, drawn.cmap)
     st.markdown(_label_html(thumb), unsafe_allow_html=True)
 
 

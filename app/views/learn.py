@@ -124,10 +124,9 @@ for first in range(0, len(path), 4):
             if stats.ok:
                 is_mask = label.startswith("mask M")
                 quantity = ctx.mask_scale if is_mask else "feature"
-                scale = maps.scale_for(reduced, quantity, contrast)
-                colours = maps.cmap_for(scale, components.cmap("mask" if is_mask else "feature"), quantity)
-                heat = maps.colorize(maps.upsample(reduced, (160, 160)), scale.low, scale.high, colours)
-                components.map_image(heat, scale, colours, caption=stats.summary())
+                drawn = maps.heat(reduced, quantity, contrast, components.cmap("mask" if is_mask else "feature"),
+                                  (160, 160))
+                components.map_image(drawn.picture, drawn.scale, drawn.cmap, caption=stats.summary())
             else:
                 st.warning(stats.problem)
 

@@ -31,40 +31,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-__all__ = [
-    "Reduction",
-    "REDUCTIONS",
-    "Contrast",
-    "CONTRASTS",
-    "Quantity",
-    "DEFAULT_CMAPS",
-    "CMAPS",
-    "Scale",
-    "sign_of",
-    "scale_for",
-    "DIVERGING_CMAPS",
-    "cmap_for",
-    "colorbar",
-    "with_colorbar",
-    "enlarge_nearest",
-    "MapStats",
-    "MapView",
-    "as_array",
-    "topk_channels",
-    "reduce_channels",
-    "upsample",
-    "describe",
-    "colorize",
-    "overlay",
-    "Heat",
-    "heat",
-    "tile",
-    "view_map",
-    "mask_statistics",
-    "mean_abs_response",
-    "module_views",
-    "to_png",
-]
+__all__ = ["Reduction", "REDUCTIONS", "Contrast", "CONTRASTS", "Quantity", "DEFAULT_CMAPS", "CMAPS", "Scale",
+           "sign_of", "scale_for", "DIVERGING_CMAPS", "cmap_for", "colorbar", "with_colorbar", "enlarge_nearest",
+           "MapStats", "MapView", "as_array", "topk_channels", "reduce_channels", "upsample", "describe",
+           "colorize", "overlay", "Heat", "heat", "tile", "view_map", "mask_statistics", "mean_abs_response",
+           "module_views", "to_png"]
 
 Reduction = Literal["mean", "max", "channel", "topk"]
 REDUCTIONS: tuple[str, ...] = ("mean", "max", "channel", "topk")

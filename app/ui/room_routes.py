@@ -17,7 +17,7 @@ from typing import Any
 
 from resattn.lecture import LectureError
 
-from . import lecture_scenes, rooms
+from . import rooms
 
 #: Where the routes live, under the server's base URL path (not a page name of the app).
 ROOMS_PATH = "/resattn/rooms"
@@ -48,6 +48,9 @@ async def scene_fragment(request: Any) -> Any:
     """Scene ``number`` of the room's lecture as an HTML fragment; 404 when the room or the scene does not exist,
     500 with the reason when the scene cannot be computed."""
     from starlette.responses import HTMLResponse, PlainTextResponse
+
+    from . import lecture_scenes  # here, not at import: app/serve.py imports this module before the runtime starts,
+    # and the app's st.cache_data functions made then would not use the runtime's cache storage
 
     code = rooms.normalise(request.path_params["code"])
     room = rooms.rooms().get(code)

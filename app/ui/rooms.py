@@ -113,7 +113,10 @@ class Rooms:
     def _wake(self, code: str) -> None:
         """Wake every wait on room ``code`` (called with the lock held, from any thread)."""
         for loop, event in self._waiting.get(code, ()):
-            loop.call_soon_threadsafe(event.set)
+            try:
+                loop.call_soon_threadsafe(event.set)
+            except RuntimeError:  # that loop has closed (the server is stopping): nobody is waiting there
+                pass
 
     def _expire(self) -> None:
         now = self._clock()

@@ -171,7 +171,7 @@ def follow_room() -> None:
     if (target := st.session_state.pop("_lecture_goto", None)) is not None:
         st.switch_page(target)
     if room_routes.SERVED:
-        follow.follow_scenes(code, room.scene)  # the page itself draws each scene the room moves to
+        follow.follow_scenes(code, room.scene, room.scenes)  # the page draws each scene the room moves to
     else:
         follow.poll_room(code, room.scene)  # a rerun of this page when the room moves
         show_scene(lecture, path, room.scene)

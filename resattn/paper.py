@@ -102,15 +102,18 @@ class Contrast:
         return None if first is None or second is None else round(second.error - first.error, 2)
 
 
+#: The paper's comparisons: (table, question, its better variant, the other), each (attention, learning, mask).
+_COMPARISONS = (
+    ("Table 1", "mixed vs channel", ("mixed", "arl", "hourglass"), ("channel", "arl", "hourglass")),
+    ("Table 1", "mixed vs spatial", ("mixed", "arl", "hourglass"), ("spatial", "arl", "hourglass")),
+    ("Table 3", "ARL vs NAL", ("mixed", "arl", "hourglass"), ("mixed", "nal", "hourglass")),
+    ("Table 4", "hourglass vs local mask", ("mixed", "arl", "hourglass"), ("mixed", "arl", "local")),
+)
+
 CONTRASTS: tuple[Contrast, ...] = tuple(
     Contrast(table, question, model, a, b)
     for model in ("attention56_cifar", "attention92_cifar", "attention128_cifar", "attention164_cifar")
-    for table, question, a, b in (
-        ("Table 1", "mixed vs channel", ("mixed", "arl", "hourglass"), ("channel", "arl", "hourglass")),
-        ("Table 1", "mixed vs spatial", ("mixed", "arl", "hourglass"), ("spatial", "arl", "hourglass")),
-        ("Table 3", "ARL vs NAL", ("mixed", "arl", "hourglass"), ("mixed", "nal", "hourglass")),
-        ("Table 4", "hourglass vs local mask", ("mixed", "arl", "hourglass"), ("mixed", "arl", "local")),
-    )
+    for table, question, a, b in _COMPARISONS
     if paper_result(model, *a) is not None and paper_result(model, *b) is not None
 )
 
@@ -118,11 +121,7 @@ CONTRASTS: tuple[Contrast, ...] = tuple(
 #: make: rows without a paper figure, the same verdict from the same test-set noise.
 PHOTO_CONTRASTS: tuple[Contrast, ...] = tuple(
     Contrast(table, question, "attention56_imagenet", a, b)
-    for table, question, a, b in (
-        ("Table 1", "mixed vs channel", ("mixed", "arl", "hourglass"), ("channel", "arl", "hourglass")),
-        ("Table 1", "mixed vs spatial", ("mixed", "arl", "hourglass"), ("spatial", "arl", "hourglass")),
-        ("Table 3", "ARL vs NAL", ("mixed", "arl", "hourglass"), ("mixed", "nal", "hourglass")),
-    )
+    for table, question, a, b in _COMPARISONS if table in ("Table 1", "Table 3")
 )
 
 #: Recipe fields that do not change what a run learns (paths, devices, bookkeeping), that name the variant itself, or
@@ -221,8 +220,9 @@ def contrasts(checkpoints: Mapping[str, Mapping[str, Any]]) -> list[ContrastRow]
     the two models' mistakes overlap, as they usually do, the true sampling error of the gap is smaller.
     Seed-to-seed spread, which one seed per variant cannot measure, comes on top.
     """
+    photo_models = {c.model for c in PHOTO_CONTRASTS}
     trained = {name: meta for name, meta in checkpoints.items() if _top1(meta) is not None
-               and (_is_cifar10(meta) or variant(meta)[0] == "attention56_imagenet")}
+               and (_is_cifar10(meta) or variant(meta)[0] in photo_models)}
     rows = []
     for contrast in CONTRASTS + PHOTO_CONTRASTS:
         firsts = [n for n, m in trained.items() if variant(m) == (contrast.model, *contrast.a)]

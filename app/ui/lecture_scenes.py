@@ -86,6 +86,12 @@ def warm(path: str, mtime: int, checkpoints: str) -> Warming:
     return warming
 
 
+def warm_lecture(path: Path) -> Warming:
+    """:func:`warm` for the lecture at ``path`` with this server's checkpoint folder."""
+    file, mtime, _, checkpoints = key(path, 1)
+    return warm(file, mtime, checkpoints)
+
+
 def key(path: Path, number: int) -> tuple[str, int, int, str]:
     """The caches' key for scene ``number`` of the lecture at ``path``, with this server's checkpoint folder."""
     return str(path), path.stat().st_mtime_ns, number, str(state.checkpoint_dir())

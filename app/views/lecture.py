@@ -12,7 +12,7 @@ from pathlib import Path
 
 import streamlit as st
 from ui import components, follow, room_routes, rooms, urlstate
-from ui.lecture_scenes import LECTURES, key, lecture_file, pictures, rendered, warm
+from ui.lecture_scenes import LECTURES, key, lecture_file, pictures, rendered, warm_lecture
 
 from resattn.lecture import Lecture, LectureError, Scene, find_lectures
 
@@ -57,7 +57,8 @@ def show_scene(lecture: Lecture, path: Path, number: int) -> None:
         st.info(f"**Question for the class:** {scene.question}", icon=":material/forum:")
     try:
         with st.spinner("Computing this scene (once for the whole room)…"):
-            shown, pngs = rendered(*key(path, number)), pictures(*key(path, number))
+            where = key(path, number)  # one stat of the file for both caches
+            shown, pngs = rendered(*where), pictures(*where)
     except LectureError as exc:
         st.error(str(exc))
         return
@@ -133,8 +134,7 @@ def present() -> None:
         st.info("The room is closed: its followers are told so.")
         return
     st.html(KEYS, unsafe_allow_javascript=True)
-    file, mtime, _, checkpoints = key(path, 1)
-    warming = warm(file, mtime, checkpoints)  # every scene, in the background, once per server
+    warming = warm_lecture(path)  # every scene, in the background, once per server
     ready = (f"scenes computed in advance: {warming.done} of {warming.total}" if warming.done < warming.total
              else "every scene computed")
     st.caption(f"Keyboard: → or space for the next scene, ← for the previous one. · {ready}"

@@ -53,7 +53,7 @@ def fragment(path: str, mtime: int, number: int, checkpoints: str) -> bytes:
 @st.cache_resource(show_spinner=False, max_entries=128)
 def fragment_gzip(path: str, mtime: int, number: int, checkpoints: str) -> bytes:
     """:func:`fragment`, gzip-compressed once per server (the server's own gzip would compress it again for every
-    follower at every change, at level 9: 30–90 ms of CPU each)."""
+    follower at every change, at level 9: up to tens of ms of CPU each, ``scripts/bench_lecture_payload.py``)."""
     return gzip.compress(fragment(path, mtime, number, checkpoints), compresslevel=6)
 
 

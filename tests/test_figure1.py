@@ -104,3 +104,99 @@ def test_parts_figure_draws_each_stages_parts_and_states_what_they_explain(tmp_p
     top = float(torch.softmax(trace.logits, 1).max())
     threshold = calibration_for(checkpoint, resattn.file_hash(checkpoint)).threshold
     assert ("this photo may show none of them" in described) == (top < threshold)
+
+
+def _tiny_family(folder: Path) -> dict[str, Path]:
+    """Quarter-width photo models of one budget that differ only in attention type, one of another budget, and a
+    file that is not a checkpoint: ``--types`` must pick the three of the first budget, in Table 1 order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for attention, epochs in (("spatial", 1), ("mixed", 1), ("channel", 1), ("mixed_longer", 2)):
+        torch.manual_seed(0)
+        kind = attention.split("_")[0]
+        model = resattn.create_model("attention56_imagenet", width_mult=0.0625, num_classes=3, attention=kind).eval()
+        meta = {"classes": ["tench", "church", "parachute"], "input_size": 64, "resize": 73, "mean": [0.5] * 3,
+                "std": [0.25] * 3, "model": "attention56_imagenet", "dataset": "imagenette-224", "epochs": epochs,
+                "overrides": {"attention": kind, "learning": "arl", "width_mult": 0.0625, "num_classes": 3},
+                "recipe": {"epochs": epochs, "seed": 0, "attention": kind, "learning": "arl"}}
+        paths[attention] = folder / f"p_{attention}.safetensors"
+        resattn.save_checkpoint(paths[attention], model, meta)
+    (folder / "broken.safetensors").write_bytes(b"not a checkpoint")
+    return paths
+
+
+def _photo(tmp_path: Path) -> Path:
+    photo = tmp_path / "photo.png"
+    y, x = np.mgrid[:60, :80]
+    Image.fromarray(np.stack([x * 3, y * 4, (x + y) * 2], axis=-1).astype(np.uint8)).save(photo)
+    return photo
+
+
+def test_types_figure_has_one_row_per_attention_type_of_the_family_with_shared_sigmoid_scales(tmp_path):
+    """``--types``: the checkpoint's family (same model and budget, in its folder) in Table 1 order, one row each,
+    per stage the channel-mean mask whose range the script states is that of the mask ``resattn.inspect``
+    computes; the two sigmoid masks of a stage share a scale, channel attention's gets its own."""
+    from resattn.preprocess import Preprocessing
+
+    paths = _tiny_family(tmp_path / "family")
+    photo, out = _photo(tmp_path), tmp_path / "types.png"
+    proc = subprocess.run([sys.executable, "scripts/figure1.py", str(photo), "--checkpoint", str(paths["mixed"]),
+                           "--types", "--out", str(out), "--size", "1200x900"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()[:-1]
+    assert [line.split(",")[0] for line in lines[::3]] == ["p_mixed (mixed ARL)", "p_channel (channel ARL)",
+                                                           "p_spatial (spatial ARL)"]  # not p_mixed_longer
+    for line, (attention, stage) in zip(lines, [(a, s) for a in ("mixed", "channel", "spatial") for s in (1, 2, 3)]):
+        model, meta = resattn.load_checkpoint(paths[attention])
+        trace = resattn.inspect(model, Preprocessing.from_meta(meta)(Image.open(photo)))
+        mask = [r for r in trace.modules if r.stage == stage][-1].mask[0].mean(0).numpy()
+        assert line.endswith(f"stage {stage}: channel-mean mask {mask.min():.3f}–{mask.max():.3f}, "
+                             f"mean {mask.mean():.3f}")
+    with Image.open(out) as picture:
+        assert picture.size == (1200, 900)
+        described = picture.text["Description"]
+    # the Description lists each distinct label once: mixed and spatial share, channel attention stands alone
+    assert "shared by 2 rows" in described and "this row's own" in described and "shared by 3 rows" not in described
+    assert "channel attention, channel mean" in described and "the model names only its 3 classes" in described
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "p.safetensors").write_bytes(paths["mixed"].read_bytes())
+    single = subprocess.run([sys.executable, "scripts/figure1.py", str(photo), "--checkpoint",
+                             str(alone / "p.safetensors"), "--types"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert single.returncode != 0 and "no other attention type" in single.stderr and "Traceback" not in single.stderr
+    two = subprocess.run([sys.executable, "scripts/figure1.py", str(photo), "--checkpoint", str(paths["mixed"]),
+                          "--checkpoint", str(paths["spatial"])], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert two.returncode != 0 and "needs --types" in two.stderr
+
+
+def test_types_parts_figure_states_each_models_parts_of_the_chosen_stage(tmp_path):
+    """``--types --parts --stage 2`` with the rows given by ``--checkpoint``: per model, what
+    ``resattn.parts.mask_parts`` finds in stage 2's mask of the same photo."""
+    from resattn.parts import mask_parts
+    from resattn.preprocess import Preprocessing
+
+    paths = _tiny_family(tmp_path / "family")
+    photo, out = _photo(tmp_path), tmp_path / "parts.png"
+    chosen = ["spatial", "channel"]
+    proc = subprocess.run([sys.executable, "scripts/figure1.py", str(photo), "--types", "--parts", "--stage", "2",
+                           "--top", "2", "--out", str(out), "--size", "1000x700",
+                           *[a for name in chosen for a in ("--checkpoint", str(paths[name]))]],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()[:-1]
+    assert len(lines) == 2
+    for line, attention in zip(lines, chosen):
+        model, meta = resattn.load_checkpoint(paths[attention])
+        trace = resattn.inspect(model, Preprocessing.from_meta(meta)(Image.open(photo)))
+        parts = mask_parts([r for r in trace.modules if r.stage == 2][-1].mask[0], attention=attention)
+        assert line.startswith(f"p_{attention} ({attention} ARL), stage 2, module 1")
+        assert f"{parts.k} parts explain {parts.explained:.0%} of the mask's spatial variation" in line
+    with Image.open(out) as picture:
+        assert picture.size == (1000, 700)
+        assert picture.text["Description"].count("of the parts' energy") == 4  # two parts drawn for each model
+    missing = subprocess.run([sys.executable, "scripts/figure1.py", str(photo), "--types", "--parts", "--stage", "7",
+                              "--checkpoint", str(paths["mixed"])], cwd=ROOT, capture_output=True, text=True,
+                             timeout=300)
+    assert missing.returncode != 0 and "has no stage 7" in missing.stderr

@@ -1,6 +1,7 @@
 """Training and inference throughput of attention56_cifar: the plain path against the fast path, in one run.
 
     python scripts/bench_train.py [--batch-size 128] [--steps 6] [--device cpu|cuda]
+    python scripts/bench_train.py --model attention56_imagenet --width-mult 0.5 --size 128 --attention spatial
 
 * plain: eager, NCHW (contiguous) tensors, float32.
 * fast:  what ``resattn.train`` does: channels_last tensors and weights; on CUDA also bf16 autocast.
@@ -80,6 +81,8 @@ def main() -> None:
     p.add_argument("--model", default="attention56_cifar", help="registered model name")
     p.add_argument("--batch-size", type=int, default=128, help="images per step")
     p.add_argument("--size", type=int, default=32, help="input side length")
+    p.add_argument("--attention", choices=("mixed", "channel", "spatial"), default="mixed", help="mask activation")
+    p.add_argument("--width-mult", type=float, default=1.0, help="channel width multiplier")
     p.add_argument("--steps", type=int, default=6, help="timed steps per measurement")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
@@ -89,7 +92,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
-    base = resattn.create_model(args.model).to(device)
+    options = {k: v for k, v in (("attention", args.attention), ("width_mult", args.width_mult))
+               if v != {"attention": "mixed", "width_mult": 1.0}[k]}  # the defaults: baselines take neither
+    base = resattn.create_model(args.model, **options).to(device)
     x = torch.randn(args.batch_size, 3, args.size, args.size, device=device)
     y = torch.randint(0, 10, (args.batch_size,), device=device)
     plain = measure(base, x, y, fast=False, steps=args.steps, warmup=args.warmup)
@@ -100,7 +105,8 @@ def main() -> None:
     if args.compile:
         rows.append(("fast + torch.compile", measure(base, x, y, fast=True, steps=args.steps, warmup=args.warmup, compile=True)))
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.machine()} CPU, {args.threads} threads"
-    print(f"{args.model}, batch {args.batch_size}, {args.size}x{args.size}, {where}, torch {torch.__version__}")
+    print(f"{args.model} ({args.attention} attention, width x{args.width_mult:g}), batch {args.batch_size}, "
+          f"{args.size}x{args.size}, {where}, torch {torch.__version__}")
     print(f"{'path':<28} {'train img/s':>12} {'infer img/s':>12} {'first loss':>12}")
     for name, r in rows:
         print(f"{name:<28} {r['train']:>12.1f} {r['infer']:>12.1f} {r['first_loss']:>12.6f}")

@@ -7,13 +7,16 @@ run resumably) or in a later sitting. Outputs and resume state live under ``--ro
 with its model card.
 
 The runs, their order and their budgets are those of the shipped set; a model card gives the command of its own run.
+``--status`` prints where each run stands (iteration, last test top-1, hours left at its recent speed) and stops.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -68,6 +71,40 @@ def card_command(name: str) -> str:
                      "~/.cache/resattn/data", "--out", f"runs/{name}", "--resume"])
 
 
+def status(name: str, root: Path) -> str:
+    """Where run ``name`` stands: shipped, finished, not started, or its iteration, last test top-1 and a forecast
+    at its last epoch's speed (what a closing note reports for a run that spans sittings)."""
+    run = root / name
+    if (SHIPPED / f"{name}.safetensors").exists():
+        return f"shipped ({SHIPPED.name}/{name}.safetensors)"
+    if (run / "model.safetensors").exists():
+        return f"finished, not shipped: python scripts/model_card.py --zoo {name} --data D --half"
+    if not (run / "state" / "state.safetensors").exists():
+        return "not started"
+    from resattn.train.state import state_info
+
+    iteration = int(state_info(run / "state")["iteration"])
+    epochs = []
+    if (run / "metrics.jsonl").exists():
+        for line in (run / "metrics.jsonl").read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill
+            if isinstance(record, dict) and not record.get("partial_epoch") and record.get("progress"):
+                epochs.append(record)
+    if not epochs:
+        return f"iteration {iteration:,}, no epoch finished yet"
+    last = epochs[-1]
+    total, total_epochs = round(last["iteration"] / last["progress"]), round(last["epoch"] / last["progress"])
+    batch = json.loads((run / "config.json").read_text())["batch_size"]
+    speed = statistics.median(e["images_per_s"] for e in epochs[-5:])
+    hours = (total - iteration) * batch / speed / 3600
+    return (f"iteration {iteration:,} of {total:,} ({iteration / total:.1%}); test top-1 {last['test_top1']:.2%} "
+            f"after epoch {last['epoch']} of {total_epochs}; at {speed:.1f} images/s (the median of the last "
+            f"{min(5, len(epochs))} epochs) about {hours:.1f} h of training left")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--cifar", help="CIFAR-10 source: 'cifar10' (torchvision), a folder or cifar10-jpeg.zip")
@@ -77,8 +114,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="*", choices=sorted(RUNS), help="run only these (in the set's order)")
     p.add_argument("--threads", type=int, help="CPU threads for training (default: all cores)")
     p.add_argument("--dry-run", action="store_true", help="print the commands and what is done")
+    p.add_argument("--status", action="store_true", help="print where each run stands and stop")
     args = p.parse_args(argv)
     root = Path(os.path.expanduser(args.root))
+    if args.status:
+        for name in RUNS:
+            if not args.only or name in args.only:
+                print(f"[zoo] {name}: {status(name, root)}")
+        return 0
     sources = {"cifar": args.cifar, "imagenette": args.imagenette}
     child: subprocess.Popen | None = None
 

@@ -79,3 +79,36 @@ def test_card_commands_are_the_commands_the_zoo_runs_with_no_machine_paths(tmp_p
         assert {k: v for k, v in printed.items() if k not in same} == {k: v for k, v in ran.items() if k not in same}
         assert str(Path.home()) not in train_zoo.card_command(name)
         assert printed["out"] == f"runs/{name}" and printed["resume"]
+
+
+def test_status_reports_a_runs_iteration_accuracy_and_forecast(tmp_path, capsys, monkeypatch):
+    """``--status``: a run in progress gives the iteration its resume state holds, the last full epoch's test top-1
+    and a forecast from the median speed of its last five epochs (a partial epoch's line and a line cut short by a
+    kill are skipped); a finished run is named as such and a run without state as not started."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    monkeypatch.setattr(train_zoo, "SHIPPED", tmp_path / "shipped")
+    name, other, last = "attention56_imagenette_spatial_arl", "attention56_imagenette_channel_arl", \
+        "attention56_cifar_mixed_arl_paper"
+    run = tmp_path / "zoo" / name
+    (run / "state").mkdir(parents=True)
+    save_file({"x": torch.zeros(1)}, str(run / "state" / "state.safetensors"), metadata={"info": json.dumps({"iteration": 1000})})
+    (run / "config.json").write_text(json.dumps({"batch_size": 64}))
+    speeds = [5.0, 20.0, 19.0, 18.0, 21.0, 22.0]  # the median of the last five: 20
+    lines = [json.dumps({"epoch": e, "iteration": 147 * e, "progress": e / 40, "test_top1": 0.5 + e / 100,
+                         "images_per_s": v, "partial_epoch": False}) for e, v in enumerate(speeds, start=1)]
+    lines += [json.dumps({"epoch": 7, "iteration": 1000, "progress": 0.17, "test_top1": 0.1, "images_per_s": 1.0,
+                          "partial_epoch": True}), '{"epoch": 8, "iter']
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "zoo" / other).mkdir()
+    (tmp_path / "zoo" / other / "model.safetensors").write_bytes(b"")
+    train_zoo.main(["--root", str(tmp_path / "zoo"), "--status", "--only", name, other, last])
+    out = dict(line.removeprefix("[zoo] ").split(": ", 1) for line in capsys.readouterr().out.splitlines())
+    hours = (5880 - 1000) * 64 / 20.0 / 3600
+    assert out[name] == (f"iteration 1,000 of 5,880 (17.0%); test top-1 56.00% after epoch 6 of 40; at 20.0 images/s "
+                         f"(the median of the last 5 epochs) about {hours:.1f} h of training left")
+    assert out[other].startswith("finished, not shipped: python scripts/model_card.py --zoo " + other)
+    assert out[last] == "not started"

@@ -42,7 +42,7 @@ from .environment import Runtime, hardware, hardware_spans, hardware_summary, se
 from .evaluation import evaluate_model
 from .loop import Diverged, end_epoch, epoch_steps, finish, public_recipe, run_steps, train
 from .recipes import RECIPES, TRAIN_ONLY, TrainConfig, lr_at
-from .state import load_state, save_state
+from .state import load_state, save_state, state_info
 
 __all__ = [
     "TrainConfig", "RECIPES", "Diverged", "TRAIN_ONLY", "Run", "EpochCallback", "MaskSnapshots", "prepare", "epoch_steps", "end_epoch",

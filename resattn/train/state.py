@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from ..checkpoint import _unwrap
 
-__all__ = ["save_state", "load_state"]
+__all__ = ["save_state", "load_state", "state_info"]
 
 
 def _state_tensors(model: nn.Module, optimizer: torch.optim.Optimizer, aug: torch.Generator) -> dict[str, Tensor]:
@@ -38,13 +38,18 @@ def save_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, a
     os.replace(tmp, path / "state.safetensors")
 
 
-def load_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, aug: torch.Generator) -> dict:
-    """Restore what :func:`save_state` wrote; returns its ``info``."""
+def state_info(path: Path) -> dict:
+    """The ``info`` :func:`save_state` wrote in ``path`` (the iteration, the config), without loading tensors."""
     from safetensors import safe_open
 
+    with safe_open(str(path / "state.safetensors"), "pt") as fh:
+        return json.loads(fh.metadata()["info"])
+
+
+def load_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, aug: torch.Generator) -> dict:
+    """Restore what :func:`save_state` wrote; returns its ``info``."""
     file = path / "state.safetensors"
-    with safe_open(str(file), "pt") as fh:
-        info = json.loads(fh.metadata()["info"])
+    info = state_info(path)
     tensors = load_file(str(file))
     _unwrap(model).load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     params = [p for g in optimizer.param_groups for p in g["params"]]

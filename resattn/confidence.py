@@ -9,11 +9,15 @@ on a foreign photo is not flagged.
 
 Thresholds of the shipped checkpoints live in ``checkpoints/confidence.json``, each with the checkpoint's file hash
 (an entry for another file is ignored) and the command that measured it
-(``python scripts/calibrate_confidence.py --checkpoint C --data D``).
+(``python scripts/calibrate_confidence.py --checkpoint C --data D``). The same pass over the test split records
+which images the checkpoint gets right (:meth:`Calibration.correct_images`), so the explorer can compare two
+checkpoints image by image (McNemar's test, :func:`resattn.paper.paired_comparison`) without the data.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -21,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["FLAGGED", "Calibration", "threshold_for", "load_calibrations", "save_calibration", "calibration_for"]
+__all__ = ["FLAGGED", "Calibration", "threshold_for", "load_calibrations", "save_calibration", "calibration_for",
+           "labels_digest", "pack_correct"]
 
 #: The share of the model's own test images a threshold may flag.
 FLAGGED = 0.05
@@ -39,10 +44,35 @@ class Calibration:
     images: int  # test images measured
     dataset: str  # which split: e.g. "imagenette-224 val (3,925 images)"
     command: str  # the command that measured it
+    labels_sha256: str = ""  # labels_digest of the split's labels in order: which images, in which order
+    correct: str = ""  # pack_correct of which of those images the checkpoint gets right ("" if not recorded)
 
     def unsure(self, top_probability: float) -> bool:
         """True when a prediction with this top-1 probability is flagged as unsure."""
         return top_probability < self.threshold
+
+    def correct_images(self) -> np.ndarray | None:
+        """One boolean per test image, in the split's order: whether the checkpoint's top-1 is right (``None``
+        when this entry has no per-image record, or a record of the wrong length)."""
+        if not self.correct or not self.labels_sha256:
+            return None
+        try:
+            packed = base64.b64decode(self.correct, validate=True)
+        except ValueError:  # binascii.Error: not base64
+            return None
+        if len(packed) != (self.images + 7) // 8:
+            return None
+        return np.unpackbits(np.frombuffer(packed, np.uint8), count=self.images).astype(bool)
+
+
+def labels_digest(labels: np.ndarray) -> str:
+    """A digest of a split's labels in order (int64): equal for two evaluations of the same images in one order."""
+    return hashlib.sha256(np.ascontiguousarray(labels, dtype=np.int64).tobytes()).hexdigest()
+
+
+def pack_correct(correct: np.ndarray) -> str:
+    """Per-image booleans as base64 of their bits (10,000 images: 1,668 characters)."""
+    return base64.b64encode(np.packbits(np.asarray(correct, bool))).decode("ascii")
 
 
 def threshold_for(top_probabilities: np.ndarray, flagged: float = FLAGGED) -> tuple[float, float]:

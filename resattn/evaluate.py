@@ -26,6 +26,7 @@ import torch
 from .checkpoint import load_checkpoint
 from .data import DataError, Decoded, Normalizer, load_split
 from .masks import spread_indices
+from .paper import paired_comparison
 from .preprocess import Preprocessing
 from .train import Runtime, evaluate_model
 
@@ -74,31 +75,6 @@ def evaluate_checkpoint(
     if keep_predictions:
         result["labels"] = decoded.labels.tolist()
     return {"checkpoint": os.path.basename(checkpoint), "data": os.path.basename(data), "split": split, **result}
-
-
-def paired_comparison(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
-    """Compare two models' per-image correctness on the same images (booleans, one per image).
-
-    Returns the counts of the 2×2 table (``both``, ``only_a``, ``only_b``, ``neither``), the gap in top-1
-    (a − b, in points), its paired standard error 100·√(n₁₀ + n₀₁ − (n₁₀ − n₀₁)²/n) / n, and McNemar's exact
-    two-sided p-value: under "no difference" the images only one model gets right fall to either side with
-    probability ½ (a binomial test on the discordant pairs; 1 when there are none).
-    """
-    from scipy.stats import binomtest
-
-    a, b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
-    if a.shape != b.shape or a.ndim != 1 or not len(a):
-        raise ValueError(f"need two equal, non-empty per-image vectors, got {a.shape} and {b.shape}")
-    n = len(a)
-    only_a, only_b = int(np.sum(a & ~b)), int(np.sum(~a & b))
-    discordant = only_a + only_b
-    p = 1.0 if discordant == 0 else float(binomtest(only_a, discordant, 0.5).pvalue)
-    return {
-        "images": n, "both": int(np.sum(a & b)), "only_a": only_a, "only_b": only_b, "neither": int(np.sum(~a & ~b)),
-        "gap_points": 100.0 * (only_a - only_b) / n,
-        "gap_se_points": 100.0 * float(np.sqrt(max(discordant - (only_a - only_b) ** 2 / n, 0.0))) / n,
-        "mcnemar_p": p,
-    }
 
 
 def compare_checkpoints(

@@ -3,17 +3,25 @@
 The figures are those of Wang et al. (CVPR 2017, arXiv v1): Table 1 (mask activations), Table 3 (attention residual
 learning against naive attention learning), Table 4 (mask structure) and Table 7 (ImageNet). :func:`contrasts` puts
 checkpoints side by side the way those tables do, and says when two of them can be compared at all (one training
-budget) and how large a difference the test set alone can resolve.
+budget) and how large a difference the test set alone can resolve: with McNemar's exact test
+(:func:`paired_comparison`) where both checkpoints' per-image test results are known, otherwise two standard errors
+of two independent accuracies.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
+
+import numpy as np
 
 __all__ = ["PaperResult", "Contrast", "ContrastRow", "RESULTS", "CONTRASTS", "PHOTO_CONTRASTS", "paper_result",
-           "variant", "contrasts", "test_images", "budget_key", "summary_rows", "tables_words", "paper_gaps"]
+           "variant", "contrasts", "test_images", "budget_key", "summary_rows", "tables_words", "paper_gaps",
+           "paired_comparison", "Outcomes", "SIGNIFICANCE"]
+
+#: McNemar's p below which a paired gap counts as beyond test-set noise.
+SIGNIFICANCE = 0.05
 
 
 @dataclass(frozen=True)
@@ -166,6 +174,40 @@ def _top1(meta: Mapping[str, Any]) -> float | None:
 
 
 @dataclass(frozen=True)
+class Outcomes:
+    """Which test images a checkpoint gets right: the split (a digest of its labels in order) and one boolean per
+    image. Two checkpoints with the same ``images`` digest were tested on the same images in the same order."""
+
+    images: str
+    correct: np.ndarray
+
+
+def paired_comparison(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
+    """Compare two models' per-image correctness on the same images (booleans, one per image).
+
+    Returns the counts of the 2×2 table (``both``, ``only_a``, ``only_b``, ``neither``), the gap in top-1
+    (a − b, in points), its paired standard error 100·√(n₁₀ + n₀₁ − (n₁₀ − n₀₁)²/n) / n, and McNemar's exact
+    two-sided p-value: under "no difference" the images only one model gets right fall to either side with
+    probability ½ (a binomial test on the discordant pairs; 1 when there are none).
+    """
+    from scipy.stats import binomtest
+
+    a, b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
+    if a.shape != b.shape or a.ndim != 1 or not len(a):
+        raise ValueError(f"need two equal, non-empty per-image vectors, got {a.shape} and {b.shape}")
+    n = len(a)
+    only_a, only_b = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    discordant = only_a + only_b
+    p = 1.0 if discordant == 0 else float(binomtest(only_a, discordant, 0.5).pvalue)
+    return {
+        "images": n, "both": int(np.sum(a & b)), "only_a": only_a, "only_b": only_b, "neither": int(np.sum(~a & ~b)),
+        "gap_points": 100.0 * (only_a - only_b) / n,
+        "gap_se_points": 100.0 * float(np.sqrt(max(discordant - (only_a - only_b) ** 2 / n, 0.0))) / n,
+        "mcnemar_p": p,
+    }
+
+
+@dataclass(frozen=True)
 class ContrastRow:
     """One of the paper's comparisons between two checkpoints (``a``: the variant the paper finds better)."""
 
@@ -177,6 +219,7 @@ class ContrastRow:
     comparable: bool
     reason: str  # why not comparable, or ""
     noise: float | None  # two standard errors of the gap from test-set sampling alone, in points
+    paired: dict | None = None  # paired_comparison of the two on the same test images (a first), when both are known
 
     @property
     def gap(self) -> float:
@@ -185,9 +228,16 @@ class ContrastRow:
 
     def verdict(self) -> str:
         """What the gap says, in words that stay true for one seed per variant (a gap beyond test-set noise is a
-        hint: seed-to-seed spread is not measured)."""
+        hint: seed-to-seed spread is not measured). With both checkpoints' per-image results, McNemar's exact test
+        decides (p < :data:`SIGNIFICANCE`), on the sign of the paired gap; otherwise two standard errors."""
         if not self.comparable:
             return f"not comparable: {self.reason}"
+        if self.paired is not None:
+            p, gap = self.paired["mcnemar_p"], self.paired["gap_points"]
+            if p >= SIGNIFICANCE or gap == 0:
+                return f"within test-set noise (McNemar's p = {p:.2g})"
+            side = "same order as the paper" if gap > 0 else "opposite order to the paper"
+            return f"{side}, beyond test-set noise (McNemar's p = {p:.2g}); one seed each"
         if self.noise is None:
             return "test-set size unknown: cannot say how large a gap is noise"
         if abs(self.gap) < self.noise:
@@ -210,7 +260,8 @@ def _difference(meta_a: Mapping[str, Any], meta_b: Mapping[str, Any]) -> str:
     return "different training settings (" + ", ".join(differing[:4]) + ("…" if len(differing) > 4 else "") + ")"
 
 
-def contrasts(checkpoints: Mapping[str, Mapping[str, Any]]) -> list[ContrastRow]:
+def contrasts(checkpoints: Mapping[str, Mapping[str, Any]],
+              outcomes: Mapping[str, Outcomes] | None = None) -> list[ContrastRow]:
     """The paper's comparisons (Tables 1, 3 and 4) among ``checkpoints`` (name → metadata): one row for every
     pair of trained checkpoints on CIFAR-10 that differ the way a comparison does, then the same comparisons
     among the photo models (:data:`PHOTO_CONTRASTS`, whose rows have no paper gap).
@@ -218,8 +269,11 @@ def contrasts(checkpoints: Mapping[str, Mapping[str, Any]]) -> list[ContrastRow]
     ``noise`` is twice the standard error of the gap between two accuracies measured on n test images each,
     treated as independent samples, √(p_a(1−p_a)/n + p_b(1−p_b)/n). Both are measured on the same images; where
     the two models' mistakes overlap, as they usually do, the true sampling error of the gap is smaller.
-    Seed-to-seed spread, which one seed per variant cannot measure, comes on top.
+    Seed-to-seed spread, which one seed per variant cannot measure, comes on top. Where ``outcomes`` (name →
+    :class:`Outcomes`) holds both checkpoints' results on the same images, the row also carries their
+    :func:`paired_comparison`, and its noise is two paired standard errors.
     """
+    outcomes = outcomes or {}
     photo_models = {c.model for c in PHOTO_CONTRASTS}
     trained = {name: meta for name, meta in checkpoints.items() if _top1(meta) is not None
                and (_is_cifar10(meta) or variant(meta)[0] in photo_models)}
@@ -236,8 +290,13 @@ def contrasts(checkpoints: Mapping[str, Mapping[str, Any]]) -> list[ContrastRow]
                 n_a, n_b = test_images(meta_a), test_images(meta_b)
                 noise = (None if not n_a or not n_b else
                          200 * math.sqrt(p_a * (1 - p_a) / n_a + p_b * (1 - p_b) / n_b))
+                paired = None
+                found_a, found_b = outcomes.get(name_a), outcomes.get(name_b)
+                if found_a is not None and found_b is not None and found_a.images == found_b.images:
+                    paired = paired_comparison(found_a.correct, found_b.correct)
+                    noise = 2 * paired["gap_se_points"]
                 rows.append(ContrastRow(contrast, name_a, name_b, 100 * (1 - p_a), 100 * (1 - p_b),
-                                        comparable=not reason, reason=reason, noise=noise))
+                                        comparable=not reason, reason=reason, noise=noise, paired=paired))
     return rows
 
 

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
 from torch import Tensor
 
 __all__ = ["TARGET_EXPLAINED", "K_RANGE", "MaskParts", "mask_parts", "explained_fraction", "part_images",

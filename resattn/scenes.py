@@ -20,7 +20,8 @@ from PIL import Image
 
 from . import images, maps, paper
 from . import parts as P
-from .checkpoint import load_checkpoint
+from .checkpoint import file_hash, load_checkpoint
+from .confidence import calibration_for
 from .inspect import inspect
 from .lecture import LectureError, Scene
 from .preprocess import Preprocessing
@@ -199,6 +200,18 @@ def _attribution(scene: Scene, res: Resources, out: Rendered) -> None:
                      "is for one.")
 
 
+def _outcomes(res: Resources, stems: list[str]) -> dict[str, paper.Outcomes]:
+    """The shipped files' recorded per-image test results (``confidence.json``), for McNemar's test."""
+    found = {}
+    for stem in stems:
+        path = res.checkpoints / f"{stem}.safetensors"
+        entry = calibration_for(path, file_hash(path)) if path.is_file() else None
+        correct = None if entry is None else entry.correct_images()
+        if correct is not None:
+            found[stem] = paper.Outcomes(entry.labels_sha256, correct)
+    return found
+
+
 def _compare(scene: Scene, res: Resources, out: Rendered) -> None:
     view, where = scene.view, _where(scene)
     show = view.get("show") or "masks"
@@ -207,7 +220,7 @@ def _compare(scene: Scene, res: Resources, out: Rendered) -> None:
         metas = {stem: res.model(where, stem)[1] for stem in stems}
         out.table = [{k: (round(v, 2) if isinstance(v, float) else v) for k, v in row.items()}
                      for row in paper.summary_rows(metas)]
-        for row in paper.contrasts(metas):
+        for row in paper.contrasts(metas, _outcomes(res, stems)):
             out.facts.append(f"{row.contrast.table}, {row.contrast.question}: error gap {row.gap:.2f} points here; "
                              f"{row.contrast.words()} ({row.verdict()}).")
         return

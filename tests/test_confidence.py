@@ -50,3 +50,39 @@ def test_every_shipped_checkpoint_has_a_threshold_for_its_own_file():
         found = C.calibration_for(path, resattn.file_hash(path))
         assert found is not None, f"{path.name}: run scripts/calibrate_confidence.py"
         assert 0 < found.threshold < 1 and found.flagged <= C.FLAGGED and found.images > 1000
+
+
+def test_per_image_results_survive_the_file_and_a_bad_record_is_none(tmp_path):
+    correct = np.random.default_rng(1).random(3925) < 0.88
+    labels = np.arange(3925) % 10
+    entry = C.Calibration("m.safetensors", "abc", 0.5, 0.05, 3925, "val split", "python …", C.labels_digest(labels),
+                          C.pack_correct(correct))
+    C.save_calibration(tmp_path / C.FILE_NAME, entry)
+    found = C.calibration_for(tmp_path / "m.safetensors", "abc")
+    assert np.array_equal(found.correct_images(), correct)
+    assert found.labels_sha256 == C.labels_digest(list(labels)) != C.labels_digest(labels[::-1])  # order counts
+    old = C.Calibration("m.safetensors", "abc", 0.5, 0.05, 3925, "val split", "python …")  # before per-image records
+    assert old.correct_images() is None
+    short = C.Calibration("m.safetensors", "abc", 0.5, 0.05, 4000, "x", "y", entry.labels_sha256, entry.correct)
+    garbage = C.Calibration("m.safetensors", "abc", 0.5, 0.05, 3925, "x", "y", entry.labels_sha256, "not base64!")
+    assert short.correct_images() is None and garbage.correct_images() is None
+
+
+def test_shipped_per_image_results_match_the_recorded_accuracy():
+    """The per-image record of each shipped file scores within half a point of the final-epoch top-1 its
+    metadata records (the file stores float16 weights; training evaluated the float32 ones), and checkpoints of
+    one dataset were measured on the same images in the same order."""
+    from pathlib import Path
+
+    import resattn
+
+    folder = Path(__file__).resolve().parents[1] / "checkpoints"
+    digests: dict[str, set[str]] = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        found = C.calibration_for(path, resattn.file_hash(path))
+        correct = found.correct_images()
+        assert correct is not None, f"{path.name}: run scripts/calibrate_confidence.py"
+        recorded = resattn.read_meta(path)["metrics"]["test_top1"]
+        assert abs(correct.mean() - recorded) < 0.005, path.name
+        digests.setdefault(resattn.read_meta(path)["dataset"], set()).add(found.labels_sha256)
+    assert all(len(found) == 1 for found in digests.values()) and len(digests) >= 2

@@ -283,6 +283,27 @@ def test_a_presenter_walks_every_scene_and_a_follower_sees_each_one(lecture_app)
     assert any(f"There is no room {code}" in w.value for w in follower.warning)
 
 
+def test_the_tables_scene_judges_each_comparison_with_mcnemars_test_on_the_shipped_files():
+    """Every shipped checkpoint has per-image test results (``checkpoints/confidence.json``), so each comparison
+    the tables scene states is McNemar's test on those images, with the p-value the records give."""
+    import resattn
+    from resattn import confidence, paper
+
+    lecture = load_lecture(SHIPPED)
+    (scene,) = [s for s in lecture.scenes if s.view.get("show") == "tables"]
+    shown = render_scene(scene, Resources(ROOT / "checkpoints", lecture.folder))
+    stated = [f for f in shown.facts if "error gap" in f]
+    assert len(stated) == 3  # Table 1 mixed vs channel and vs spatial, Table 3 ARL vs NAL
+    for fact, (a, b) in zip(stated, [("mixed_arl", "channel_arl"), ("mixed_arl", "spatial_arl"),
+                                     ("mixed_arl", "mixed_nal")]):
+        records = []
+        for name in (a, b):
+            path = ROOT / "checkpoints" / f"attention56_cifar_{name}.safetensors"
+            records.append(confidence.calibration_for(path, resattn.file_hash(path)).correct_images())
+        p_value = paper.paired_comparison(*records)["mcnemar_p"]
+        assert f"(McNemar's p = {p_value:.2g})" in fact, fact
+
+
 def test_explore_from_here_opens_the_scenes_view_with_its_settings(lecture_app):
     from ui import rooms
 

@@ -159,3 +159,36 @@ def test_the_readme_states_the_gaps_the_compare_page_computes_from_the_shipped_c
                         ("mixed − spatial", "mixed_arl", "spatial_arl")):
         gap = f"{gaps[(f'attention56_cifar_{a}', f'attention56_cifar_{b}')]:+.2f}".replace("-", "−")
         assert f"{words} {gap}" in readme, (words, gap)
+
+
+def test_recorded_per_image_results_make_the_verdict_mcnemars_test():
+    """With both checkpoints' outcomes on the same images, the row carries their paired comparison, its noise is
+    two paired standard errors and McNemar's p decides; outcomes on other images (another digest) leave the
+    independent-accuracy rule in place."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    both = rng.random(10_000) < 0.88
+    # 95 images only ARL gets right, 60 only NAL: a 0.35-point gap, p ≈ 0.006 (two-sided binomial on 155)
+    only = rng.permutation(np.flatnonzero(~both))[:155]
+    arl, nal = both.copy(), both.copy()
+    arl[only[:95]], nal[only[95:]] = True, True
+    outcomes = {"arl": paper.Outcomes("split", arl), "nal": paper.Outcomes("split", nal)}
+    metas = {"arl": meta(top1=float(arl.mean())), "nal": meta(learning="nal", top1=float(nal.mean()))}
+    (row,) = paper.contrasts(metas, outcomes)
+    expected = paper.paired_comparison(arl, nal)
+    assert row.paired == expected and (expected["only_a"], expected["only_b"]) == (95, 60)
+    assert row.noise == pytest.approx(2 * expected["gap_se_points"])
+    assert expected["mcnemar_p"] < paper.SIGNIFICANCE
+    assert row.verdict() == f"same order as the paper, beyond test-set noise (McNemar's p = {expected['mcnemar_p']:.2g}); one seed each"
+    # the unpaired rule calls the same 0.35-point gap noise (2 SE ≈ 0.9): the paired test resolves it
+    (unpaired,) = paper.contrasts(metas)
+    assert unpaired.paired is None and unpaired.verdict().startswith("within test-set noise (|gap| <")
+    elsewhere = {"arl": outcomes["arl"], "nal": paper.Outcomes("another split", nal)}
+    (other,) = paper.contrasts(metas, elsewhere)
+    assert other.paired is None and other.verdict() == unpaired.verdict()
+    # the side is the paired gap's: with the outcomes swapped, NAL is right on 95 images ARL gets wrong
+    (swapped,) = paper.contrasts(metas, {"arl": outcomes["nal"], "nal": outcomes["arl"]})
+    assert swapped.verdict().startswith("opposite order to the paper, beyond test-set noise (McNemar's p = ")
+    (same,) = paper.contrasts(metas, {"arl": outcomes["arl"], "nal": outcomes["arl"]})
+    assert same.verdict() == "within test-set noise (McNemar's p = 1)"

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from resattn import confidence
+from resattn import confidence, paper
 from resattn.data import class_names
 
 from . import state
@@ -35,6 +35,14 @@ def calibration(entry: state.ModelEntry) -> confidence.Calibration | None:
     if entry.path is None or not entry.key.startswith("sha256:"):
         return None
     return confidence.calibration_for(entry.path, entry.key.split(":", 1)[1])
+
+
+def outcomes(entry: state.ModelEntry) -> paper.Outcomes | None:
+    """Which of its test images the entry's file gets right, as measured with its threshold (None if not recorded),
+    for McNemar's test between two checkpoints on the Compare page."""
+    found = calibration(entry)
+    correct = None if found is None else found.correct_images()
+    return None if correct is None else paper.Outcomes(found.labels_sha256, correct)
 
 
 def unsure_text(entry: state.ModelEntry, probs: np.ndarray) -> str | None:

@@ -230,7 +230,8 @@ if masks:
 
 trained = {state.short_label(e): e.meta for e in entries if not e.random and not e.error}
 summary = paper.summary_rows(trained)
-pairs = paper.contrasts(trained)
+pairs = paper.contrasts(trained, {state.short_label(e): found for e in entries if not e.random and not e.error
+                                  and (found := predictions.outcomes(e)) is not None})
 # the heading names exactly the tables that have a row or a comparison below it
 tables = paper.tables_words([r["paper table"] for r in summary]
                             + [r.contrast.table for r in pairs if r.contrast.paper_gap() is not None])
@@ -255,9 +256,13 @@ if pairs:
     st.caption("Each line names the paper's better variant first; a gap is the other's error minus its error "
                "(positive: the paper's order). "
                "Two checkpoints are comparable only when everything but the variant matches: data, recipe, epochs, "
-               "architecture revision. Test-set noise is two standard errors of the gap, √(p₁(1−p₁)/n + "
-               "p₂(1−p₂)/n), over n test images, counted as independent (both models see the same images; where "
-               "their mistakes fall on the same images, as they usually do, the true figure is smaller). "
+               "architecture revision. Where both files' per-image test results are recorded (the shipped "
+               "checkpoints: `checkpoints/confidence.json`, measured on the shipped files), the verdict is McNemar's "
+               f"exact test on the images only one of the two gets right (beyond noise at p < "
+               f"{paper.SIGNIFICANCE}): the images are the same, so this resolves smaller gaps. Otherwise test-set "
+               "noise is two standard errors of the gap, √(p₁(1−p₁)/n + p₂(1−p₂)/n), over n test images, counted "
+               "as independent (where the two models' mistakes fall on the same images, as they usually do, the "
+               "true figure is smaller). "
                "Seed-to-seed spread is not in it: with one seed per variant a gap beyond "
                "it is a hint, not evidence about the architectures. The paper's Attention-56 gaps are "
                f"{min(paper.paper_gaps('attention56_cifar')):.2f}–{max(paper.paper_gaps('attention56_cifar')):.2f} "

@@ -14,7 +14,7 @@ from resattn import maps, masks
 from resattn.archive import ArchiveError
 from resattn.data import DataError
 
-from ui import components, state
+from ui import components
 from ui import dataset_tools as tools
 
 UPLOAD = "Upload a zip of class folders…"

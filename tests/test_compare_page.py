@@ -237,3 +237,28 @@ def test_recorded_per_image_results_turn_the_verdict_into_mcnemars_test(photo_ro
     assert p < 1e-6 and line.endswith(f"here 2.20: **same order as the paper, beyond test-set noise (McNemar's p = "
                                       f"{p:.2g}); one seed each**")
     assert any("McNemar's exact test" in c.value for c in at.caption)
+
+
+def test_one_family_at_a_time(mixed_row, photo_row, tmp_path, monkeypatch):
+    """"Models trained on" narrows the page (table, thumbnails, the paper's comparisons) to one dataset's models;
+    "all" shows every model, and each choice says how many models it holds."""
+    import shutil
+
+    folder = tmp_path / "both"
+    shutil.copytree(mixed_row, folder)
+    for path in photo_row.glob("*.safetensors"):
+        shutil.copy(path, folder)
+    at = compare_page(folder, monkeypatch)
+    choice = at.radio(key="compare_data")
+    assert choice.value == "all" and choice.options == ["all (6)", "CIFAR-10 (4)", "Imagenette photos (2)"]
+    assert len(_thumb_names(at)) == 5  # the ResNet baseline has no mask
+    at = choice.set_value("Imagenette photos").run()
+    no_exceptions(at)
+    assert sorted(_thumb_names(at)) == ["p_mixed", "p_spatial"]
+    assert [r for r in at.dataframe[0].value["model"]] == ["p_mixed", "p_spatial"]
+    lines = [m.value for m in at.markdown if m.value.startswith("- **Table")]
+    assert len(lines) == 1 and "(photos)" in lines[0]
+    at = at.radio(key="compare_data").set_value("CIFAR-10").run()
+    no_exceptions(at)
+    assert sorted(_thumb_names(at)) == ["m_channel", "m_mixed", "m_spatial"]
+    assert "4 of 6 model(s)" in " ".join(m.value for m in at.markdown)

@@ -5,6 +5,7 @@ most), and the quantity of its Fig. 4 (the mean absolute output of each stage)."
 
 import html
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -121,13 +122,33 @@ def _budget(entry: state.ModelEntry, meta: dict) -> str:
     return ", ".join(p for p in parts if p) or "—"
 
 
+def trained_on(entry: state.ModelEntry) -> str:
+    """The data a model was trained on, as the page's filter names it: models of one dataset are a family the
+    paper's comparisons can be made in (CIFAR-10's 32 px set, Imagenette's photo models)."""
+    if entry.random:
+        return "untrained (random)"
+    dataset = str(entry.meta.get("dataset") or "")
+    for prefix, words in (("cifar10", "CIFAR-10"), ("imagenette", "Imagenette photos")):
+        if dataset.lower().startswith(prefix):
+            return words
+    return dataset or "unknown data"
+
+
 st.title("Compare models")
 ctx = components.require_context(banner=False)
 start = time.perf_counter()
 stage = ctx.stage
-entries = state.catalogue(include_random=st.session_state.get("show_random", False))
+catalogue = state.catalogue(include_random=st.session_state.get("show_random", False))
+groups = Counter(trained_on(e) for e in catalogue if not e.error)
+if st.session_state.get("compare_data") not in ("all", *groups):
+    st.session_state.pop("compare_data", None)  # that family is gone (a file removed, random models hidden)
+chosen = st.radio("Models trained on", ["all", *groups], horizontal=True, key="compare_data",
+                  format_func=lambda g: f"all ({sum(groups.values())})" if g == "all" else f"{g} ({groups[g]})",
+                  help="Compare one family at a time: the photo models on a photo, the CIFAR-10 set on its 32-pixel "
+                       "view of the image. Unreadable files are always listed.")
+entries = [e for e in catalogue if e.error or chosen == "all" or trained_on(e) == chosen]
 st.markdown(f"Image **{ctx.image_name}**, attention **stage {stage}** (mask statistics averaged over the stage's "
-            f"modules). {len(entries)} model(s)"
+            f"modules). {len(entries)} of {len(catalogue)} model(s)"
             + ("" if st.session_state.get("show_random") else "; untrained (random) models are hidden (sidebar switch)")
             + ".")
 

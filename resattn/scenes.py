@@ -221,8 +221,9 @@ def _compare(scene: Scene, res: Resources, out: Rendered) -> None:
         out.table = [{k: (round(v, 2) if isinstance(v, float) else v) for k, v in row.items()}
                      for row in paper.summary_rows(metas)]
         for row in paper.contrasts(metas, _outcomes(res, stems)):
-            out.facts.append(f"{row.contrast.table}, {row.contrast.question}: error gap {row.gap:.2f} points here; "
-                             f"{row.contrast.words()} ({row.verdict()}).")
+            photos = " (photos)" if row.contrast.paper_gap() is None else ""
+            out.facts.append(f"{row.contrast.table}, {row.contrast.question}{photos}: error gap {row.gap:.2f} points "
+                             f"here; {row.contrast.words()} ({row.verdict()}).")
         return
     image, label = res.image(where, view.get("image"))
     stage = view.get("stage")

@@ -112,3 +112,36 @@ def test_status_reports_a_runs_iteration_accuracy_and_forecast(tmp_path, capsys,
                          f"(the median of the last 5 epochs) about {hours:.1f} h of training left")
     assert out[other].startswith("finished, not shipped: python scripts/model_card.py --zoo " + other)
     assert out[last] == "not started"
+
+
+def _fake_run(root: Path, name: str, seconds: float, finish: bool = True, code: int = 0) -> list[str]:
+    """A stand-in trainer: notes when it started and ended, then writes the final checkpoint (or not)."""
+    script = (f"import time, pathlib; d = pathlib.Path({str(root / name)!r}); (d / 'start').write_text(repr(time.time())); "
+              f"time.sleep({seconds}); (d / 'end').write_text(repr(time.time()))"
+              + ("; (d / 'model.safetensors').write_bytes(b'')" if finish else "") + f"; raise SystemExit({code})")
+    return [sys.executable, "-c", script]
+
+
+def _times(root: Path, name: str) -> tuple[float, float]:
+    return float((root / name / "start").read_text()), float((root / name / "end").read_text())
+
+
+def test_runs_go_jobs_at_a_time_in_order(tmp_path, capsys):
+    runs = [(n, _fake_run(tmp_path, n, 1.0)) for n in ("a", "b", "c")]
+    assert train_zoo.run_all(runs, tmp_path, jobs=2, poll=0.05) == 0
+    (a0, a1), (b0, b1), (c0, _) = (_times(tmp_path, n) for n in "abc")
+    assert b0 < a1 and a0 < b1  # a and b trained at the same time
+    assert c0 >= min(a1, b1)  # c waited for a free slot
+    assert capsys.readouterr().out.count(": finished") == 3
+
+
+def test_a_stopped_or_failed_run_starts_no_new_one_and_is_reported(tmp_path, capsys):
+    runs = [("a", _fake_run(tmp_path, "a", 0.2, finish=False)), ("b", _fake_run(tmp_path, "b", 1.0)),
+            ("c", _fake_run(tmp_path, "c", 0.1))]
+    assert train_zoo.run_all(runs, tmp_path, jobs=2, poll=0.05) == 1
+    out = capsys.readouterr().out
+    assert "[zoo] a: stopped before the end" in out and "[zoo] b: finished" in out  # b ran to its end
+    assert not (tmp_path / "c").exists()  # c was never started
+    failed = [("d", _fake_run(tmp_path, "d", 0.1, code=3)), ("e", _fake_run(tmp_path, "e", 0.1))]
+    assert train_zoo.run_all(failed, tmp_path, jobs=1, poll=0.05) == 3
+    assert "[zoo] d: failed with exit code 3" in capsys.readouterr().out and not (tmp_path / "e").exists()

@@ -18,7 +18,7 @@ import numpy as np
 
 __all__ = ["PaperResult", "Contrast", "ContrastRow", "RESULTS", "CONTRASTS", "PHOTO_CONTRASTS", "paper_result",
            "variant", "contrasts", "test_images", "budget_key", "summary_rows", "tables_words", "paper_gaps",
-           "paired_comparison", "Outcomes", "SIGNIFICANCE"]
+           "paired_comparison", "Outcomes", "SIGNIFICANCE", "ATTENTION_ORDER", "variant_rank"]
 
 #: McNemar's p below which a paired gap counts as beyond test-set noise.
 SIGNIFICANCE = 0.05
@@ -76,6 +76,18 @@ def variant(meta: Mapping[str, Any]) -> Variant:
     overrides = _mapping(meta.get("overrides"))
     return (str(meta.get("model", "?")), str(overrides.get("attention", "mixed")),
             str(overrides.get("learning", "arl")), str(overrides.get("mask", "hourglass")))
+
+
+#: The attention types in the order of the paper's Table 1 (its best first).
+ATTENTION_ORDER: tuple[str, ...] = ("mixed", "channel", "spatial")
+
+
+def variant_rank(meta: Mapping[str, Any]) -> tuple[int, str, str]:
+    """Sort key of a checkpoint's variant: mixed, channel, spatial attention (Table 1's order), ARL before NAL,
+    hourglass before local: the paper's own variant first, e.g. to pick a default among a family."""
+    _, attention, learning, mask = variant(meta)
+    rank = ATTENTION_ORDER.index(attention) if attention in ATTENTION_ORDER else len(ATTENTION_ORDER)
+    return rank, learning, mask
 
 
 def paper_result(model: str, attention: str = "mixed", learning: str = "arl",

@@ -43,14 +43,21 @@ from resattn.preprocess import Preprocessing  # noqa: E402
 
 
 def default_checkpoint(folder: Path = ROOT / "checkpoints") -> Path:
-    """The first photo model (input larger than 64 px) among the shipped checkpoints."""
+    """The shipped photo model (input larger than 64 px), the mixed ARL one where the family has several: the
+    paper's own variant, which the README's figures show."""
+    from resattn import paper
+
+    found = []
     for path in sorted(folder.glob("*.safetensors")):
         try:
-            if Preprocessing.from_meta(resattn.read_meta(path)).size > 64:
-                return path
+            meta = resattn.read_meta(path)
+            if Preprocessing.from_meta(meta).size > 64:
+                found.append((paper.variant_rank(meta), path))
         except (resattn.CheckpointError, KeyError, ValueError):
             continue
-    raise SystemExit(f"no photo model in {folder}; pass --checkpoint")
+    if not found:
+        raise SystemExit(f"no photo model in {folder}; pass --checkpoint")
+    return min(found)[1]
 
 
 def gallery_photo(word: str) -> tuple[bytes, str]:
@@ -265,8 +272,6 @@ def parts_figure(photo: bytes, photo_name: str, checkpoint: Path, out: Path, siz
     return out, lines
 
 
-#: Row order of ``--types``: the paper's Table 1 order, ARL before NAL.
-ATTENTION_ORDER = ("mixed", "channel", "spatial")
 
 
 def attention_family(like: Path) -> list[Path]:
@@ -283,14 +288,9 @@ def attention_family(like: Path) -> list[Path]:
         except resattn.CheckpointError:
             continue  # not a checkpoint: not one of the family
         if found.get("model") == meta.get("model") and paper.budget_key(found) == paper.budget_key(meta):
-            family.append((paper.variant(found), path))
+            family.append((paper.variant_rank(found), path))
 
-    def order(item: tuple[tuple[str, str, str, str], Path]) -> tuple[int, str, str, str]:
-        _, attention, learning, mask = item[0]
-        rank = ATTENTION_ORDER.index(attention) if attention in ATTENTION_ORDER else len(ATTENTION_ORDER)
-        return rank, learning, mask, item[1].name
-
-    return [path for _, path in sorted(family, key=order)]
+    return [path for _, path in sorted(family)]
 
 
 def _row_label(seen: Seen, checkpoint: Path) -> str:

@@ -262,3 +262,20 @@ def test_one_family_at_a_time(mixed_row, photo_row, tmp_path, monkeypatch):
     no_exceptions(at)
     assert sorted(_thumb_names(at)) == ["m_channel", "m_mixed", "m_spatial"]
     assert "4 of 6 model(s)" in " ".join(m.value for m in at.markdown)
+
+
+def test_the_explorer_opens_with_the_papers_variant_of_the_photo_family(tmp_path, monkeypatch):
+    """Of several photo models (input larger than 64 px) the sidebar starts on mixed ARL, even where another's
+    file name sorts first."""
+    folder = tmp_path / "family"
+    folder.mkdir()
+    for name, attention in (("b_mixed", "mixed"), ("a_spatial", "spatial")):
+        _save(folder, name, "attention56_imagenet", size=96, dataset="imagenette-224", test_images=3925,
+              attention=attention, num_classes=10)
+    monkeypatch.setenv("RESATTN_CHECKPOINT_DIR", str(folder))
+    monkeypatch.setenv("RESATTN_APP_MODELS", TINY)
+    at = AppTest.from_file(str(APP / "main.py"), default_timeout=300).run()
+    no_exceptions(at)
+    chosen = at.selectbox(key="model")
+    assert chosen.options[0].startswith("a_spatial")
+    assert chosen.value == f"sha256:{resattn.file_hash(folder / 'b_mixed.safetensors')}"

@@ -200,3 +200,19 @@ def test_types_parts_figure_states_each_models_parts_of_the_chosen_stage(tmp_pat
                               "--checkpoint", str(paths["mixed"])], cwd=ROOT, capture_output=True, text=True,
                              timeout=300)
     assert missing.returncode != 0 and "has no stage 7" in missing.stderr
+
+
+def test_the_default_photo_model_is_the_mixed_arl_one_whatever_the_file_names(tmp_path):
+    """With the photo family shipped, ``a_channel`` sorts before ``b_mixed``: the default is still mixed ARL (the
+    README's figures are of it); CIFAR-sized models never are."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import figure1
+
+    for name, attention, size in (("a_channel", "channel", 96), ("b_mixed", "mixed", 96), ("0_cifar", "mixed", 32)):
+        model = resattn.create_model("attention56_imagenet", width_mult=0.0625, num_classes=2, attention=attention)
+        resattn.save_checkpoint(tmp_path / f"{name}.safetensors", model, {
+            "classes": ["a", "b"], "input_size": size, "resize": size, "mean": [0.5] * 3, "std": [0.25] * 3,
+            "model": "attention56_imagenet", "overrides": {"attention": attention}})
+    assert figure1.default_checkpoint(tmp_path).name == "b_mixed.safetensors"
+    (tmp_path / "b_mixed.safetensors").unlink()
+    assert figure1.default_checkpoint(tmp_path).name == "a_channel.safetensors"

@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 
 import resattn
-from resattn import images, maps
+from resattn import images, maps, paper
 from resattn.html import colorbar_html
 from resattn.preprocess import Preprocessing
 
@@ -262,11 +262,12 @@ def _image_input(meta: dict[str, Any]) -> tuple[Image.Image, str, str] | None:
 
 
 def _default_model(entries: list[state.ModelEntry]) -> state.ModelEntry:
-    """Photos are shown with the photo model when one is present; otherwise the first trained checkpoint."""
+    """Photos are shown with the photo model when one is present (of a family, the paper's own variant: mixed
+    attention, ARL); otherwise the first trained checkpoint."""
     usable = [e for e in entries if e.error is None]
-    for entry in usable:
-        if not entry.random and state.is_photo_model(entry.meta):
-            return entry
+    photo = [e for e in usable if not e.random and state.is_photo_model(e.meta)]
+    if photo:
+        return min(photo, key=lambda e: paper.variant_rank(e.meta))  # min keeps the first of equals
     return next((e for e in usable if not e.random), usable[0] if usable else entries[0])
 
 

@@ -83,7 +83,7 @@ def status(name: str, root: Path) -> str:
     if (run / "model.safetensors").exists():
         return f"finished, not shipped: python scripts/model_card.py --zoo {name} --data D --half"
     if not (run / "state" / "state.safetensors").exists():
-        return "not started"
+        return "started, no resume state saved yet" if (run / "config.json").exists() else "not started"
     from resattn.train.state import state_info
 
     iteration = int(state_info(run / "state")["iteration"])

@@ -105,13 +105,16 @@ def test_status_reports_a_runs_iteration_accuracy_and_forecast(tmp_path, capsys,
     (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     (tmp_path / "zoo" / other).mkdir()
     (tmp_path / "zoo" / other / "model.safetensors").write_bytes(b"")
-    train_zoo.main(["--root", str(tmp_path / "zoo"), "--status", "--only", name, other, last])
+    fresh = "attention56_cifar_mixed_arl"  # shipped in the repository, but not in this test's SHIPPED folder
+    (tmp_path / "zoo" / fresh).mkdir()
+    (tmp_path / "zoo" / fresh / "config.json").write_text("{}")
+    train_zoo.main(["--root", str(tmp_path / "zoo"), "--status", "--only", name, other, last, fresh])
     out = dict(line.removeprefix("[zoo] ").split(": ", 1) for line in capsys.readouterr().out.splitlines())
     hours = (5880 - 1000) * 64 / 20.0 / 3600
     assert out[name] == (f"iteration 1,000 of 5,880 (17.0%); test top-1 56.00% after epoch 6 of 40; at 20.0 images/s "
                          f"(the median of the last 5 epochs) about {hours:.1f} h of training left")
     assert out[other].startswith("finished, not shipped: python scripts/model_card.py --zoo " + other)
-    assert out[last] == "not started"
+    assert out[last] == "not started" and out[fresh] == "started, no resume state saved yet"
 
 
 def _fake_run(root: Path, name: str, seconds: float, finish: bool = True, code: int = 0) -> list[str]:

@@ -18,7 +18,7 @@ import numpy as np
 
 __all__ = ["PaperResult", "Contrast", "ContrastRow", "RESULTS", "CONTRASTS", "PHOTO_CONTRASTS", "paper_result",
            "variant", "contrasts", "test_images", "budget_key", "summary_rows", "tables_words", "paper_gaps",
-           "paired_comparison", "Outcomes", "SIGNIFICANCE", "ATTENTION_ORDER", "variant_rank"]
+           "paired_comparison", "Outcomes", "SIGNIFICANCE", "ATTENTION_ORDER", "variant_rank", "p_words"]
 
 #: McNemar's p below which a paired gap counts as beyond test-set noise.
 SIGNIFICANCE = 0.05
@@ -219,6 +219,11 @@ def paired_comparison(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
     }
 
 
+def p_words(p: float) -> str:
+    """A p-value as a line states it: two significant digits, and "p < 0.001" below that (no 1.2e-26 on a slide)."""
+    return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
+
+
 @dataclass(frozen=True)
 class ContrastRow:
     """One of the paper's comparisons between two checkpoints (``a``: the variant the paper finds better)."""
@@ -247,9 +252,9 @@ class ContrastRow:
         if self.paired is not None:
             p, gap = self.paired["mcnemar_p"], self.paired["gap_points"]
             if p >= SIGNIFICANCE or gap == 0:
-                return f"within test-set noise (McNemar's p = {p:.2g})"
+                return f"within test-set noise (McNemar's {p_words(p)})"
             side = "same order as the paper" if gap > 0 else "opposite order to the paper"
-            return f"{side}, beyond test-set noise (McNemar's p = {p:.2g}); one seed each"
+            return f"{side}, beyond test-set noise (McNemar's {p_words(p)}); one seed each"
         if self.noise is None:
             return "test-set size unknown: cannot say how large a gap is noise"
         if abs(self.gap) < self.noise:

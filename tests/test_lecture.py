@@ -301,7 +301,7 @@ def test_the_tables_scene_judges_each_comparison_with_mcnemars_test_on_the_shipp
             path = ROOT / "checkpoints" / f"attention56_cifar_{name}.safetensors"
             records.append(confidence.calibration_for(path, resattn.file_hash(path)).correct_images())
         p_value = paper.paired_comparison(*records)["mcnemar_p"]
-        assert f"(McNemar's p = {p_value:.2g})" in fact, fact
+        assert f"(McNemar's {paper.p_words(p_value)})" in fact, fact
 
 
 def test_explore_from_here_opens_the_scenes_view_with_its_settings(lecture_app):

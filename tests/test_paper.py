@@ -180,7 +180,9 @@ def test_recorded_per_image_results_make_the_verdict_mcnemars_test():
     assert row.paired == expected and (expected["only_a"], expected["only_b"]) == (95, 60)
     assert row.noise == pytest.approx(2 * expected["gap_se_points"])
     assert expected["mcnemar_p"] < paper.SIGNIFICANCE
-    assert row.verdict() == f"same order as the paper, beyond test-set noise (McNemar's p = {expected['mcnemar_p']:.2g}); one seed each"
+    assert row.verdict() == (f"same order as the paper, beyond test-set noise (McNemar's p = "
+                             f"{expected['mcnemar_p']:.2g}); one seed each")
+    assert paper.p_words(0.0049) == "p = 0.0049" and paper.p_words(3e-26) == "p < 0.001"
     # the unpaired rule calls the same 0.35-point gap noise (2 SE ≈ 0.9): the paired test resolves it
     (unpaired,) = paper.contrasts(metas)
     assert unpaired.paired is None and unpaired.verdict().startswith("within test-set noise (|gap| <")

@@ -22,6 +22,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 #: name -> (data key, training arguments). One recipe, seed and budget per family, so comparisons are fair.
@@ -128,8 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[zoo] {name}: {status(name, root)}")
         return 0
     sources = {"cifar": args.cifar, "imagenette": args.imagenette}
-    threads = args.threads or (max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None)
-    pending: list[tuple[str, list[str]]] = []
+    pending: list[tuple[str, Callable[[int | None], list[str]]]] = []
     for name, (kind, _) in RUNS.items():
         if args.only and name not in args.only:
             continue
@@ -141,18 +142,29 @@ def main(argv: list[str] | None = None) -> int:
         elif not sources[kind]:
             print(f"[zoo] {name}: skipped (no --{kind} source)", flush=True)
         else:
-            cmd = command(name, os.path.expanduser(sources[kind]), root, os.path.expanduser(args.cache_dir), threads)
-            pending.append((name, cmd))
-            if args.dry_run:
-                print(f"[zoo] {name}: {' '.join(cmd)}", flush=True)
+            data, cache = os.path.expanduser(sources[kind]), os.path.expanduser(args.cache_dir)
+            pending.append((name, partial(command, name, data, root, cache)))
     if args.dry_run:
+        for number, (name, cmd) in enumerate(pending):
+            threads = args.threads or share(args.jobs, len(pending) - number)
+            print(f"[zoo] {name}: {' '.join(cmd(threads))}", flush=True)
         return 0
-    return run_all(pending, root, args.jobs)
+    return run_all(pending, root, args.jobs, threads=args.threads)
 
 
-def run_all(pending: list[tuple[str, list[str]]], root: Path, jobs: int = 1, poll: float = 2.0) -> int:
-    """Run ``pending`` (name, command) in order, ``jobs`` at a time; stop starting new runs once one fails or is
-    stopped before its end, and return its exit code (a stopped run: 1) after the others have ended."""
+def share(jobs: int, runs_left: int) -> int | None:
+    """Threads for a run started while ``runs_left`` runs (itself included) remain to run or are running: the
+    cores divided among as many runs as will share them (``None``, all cores, for one). A run keeps its threads to
+    its end, so a run started beside another stays on its share after the other ends, until the next sitting."""
+    sharing = min(jobs, runs_left)
+    return None if sharing <= 1 else max(1, (os.cpu_count() or 1) // sharing)
+
+
+def run_all(pending: list[tuple[str, Callable[[int | None], list[str]]]], root: Path, jobs: int = 1,
+            poll: float = 2.0, threads: int | None = None) -> int:
+    """Run ``pending`` (name, command for a thread count) in order, ``jobs`` at a time, each with ``threads`` or
+    its :func:`share` of the cores; stop starting new runs once one fails or is stopped before its end, and return
+    its exit code (a stopped run: 1) after the others have ended."""
     running: dict[str, subprocess.Popen] = {}
 
     def stop_all(signum: int, frame: object) -> None:  # noqa: ARG001 - signal handler signature
@@ -166,7 +178,8 @@ def run_all(pending: list[tuple[str, list[str]]], root: Path, jobs: int = 1, pol
     try:
         while queue or running:
             while queue and len(running) < jobs and result == 0:
-                name, cmd = queue.pop(0)
+                name, make = queue.pop(0)
+                cmd = make(threads or share(jobs, len(running) + 1 + len(queue)))
                 print(f"[zoo] {name}: {' '.join(cmd)}", flush=True)
                 (root / name).mkdir(parents=True, exist_ok=True)
                 with (root / name / "train.log").open("a") as log:  # the child keeps its own handle

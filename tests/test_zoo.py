@@ -4,6 +4,7 @@ CIFAR variant), and the command each model card prints is a valid ``python -m re
 from __future__ import annotations
 
 import dataclasses
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -117,12 +118,17 @@ def test_status_reports_a_runs_iteration_accuracy_and_forecast(tmp_path, capsys,
     assert out[last] == "not started" and out[fresh] == "started, no resume state saved yet"
 
 
-def _fake_run(root: Path, name: str, seconds: float, finish: bool = True, code: int = 0) -> list[str]:
-    """A stand-in trainer: notes when it started and ended, then writes the final checkpoint (or not)."""
-    script = (f"import time, pathlib; d = pathlib.Path({str(root / name)!r}); (d / 'start').write_text(repr(time.time())); "
-              f"time.sleep({seconds}); (d / 'end').write_text(repr(time.time()))"
-              + ("; (d / 'model.safetensors').write_bytes(b'')" if finish else "") + f"; raise SystemExit({code})")
-    return [sys.executable, "-c", script]
+def _fake_run(root: Path, name: str, seconds: float, finish: bool = True, code: int = 0):
+    """A stand-in trainer's command for a thread count: it notes its threads and when it started and ended, then
+    writes the final checkpoint (or not)."""
+    def make(threads):
+        script = (f"import time, pathlib; d = pathlib.Path({str(root / name)!r}); "
+                  f"(d / 'start').write_text(repr(time.time())); (d / 'threads').write_text({str(threads)!r}); "
+                  f"time.sleep({seconds}); (d / 'end').write_text(repr(time.time()))"
+                  + ("; (d / 'model.safetensors').write_bytes(b'')" if finish else "") + f"; raise SystemExit({code})")
+        return [sys.executable, "-c", script]
+
+    return make
 
 
 def _times(root: Path, name: str) -> tuple[float, float]:
@@ -130,12 +136,19 @@ def _times(root: Path, name: str) -> tuple[float, float]:
 
 
 def test_runs_go_jobs_at_a_time_in_order(tmp_path, capsys):
-    runs = [(n, _fake_run(tmp_path, n, 1.0)) for n in ("a", "b", "c")]
+    runs = [(n, _fake_run(tmp_path, n, t)) for n, t in (("a", 0.5), ("b", 3.0), ("c", 0.1))]
     assert train_zoo.run_all(runs, tmp_path, jobs=2, poll=0.05) == 0
     (a0, a1), (b0, b1), (c0, _) = (_times(tmp_path, n) for n in "abc")
     assert b0 < a1 and a0 < b1  # a and b trained at the same time
-    assert c0 >= min(a1, b1)  # c waited for a free slot
+    assert a1 <= c0 < b1  # c waited for a's slot, and ran beside b
     assert capsys.readouterr().out.count(": finished") == 3
+    # the cores are shared by a and b, then by c (started while b still ran); a run left alone gets every core
+    cores = os.cpu_count() or 1
+    expected = str(max(1, cores // 2))
+    assert [(tmp_path / n / "threads").read_text() for n in "abc"] == [expected, expected, expected]
+    alone = tmp_path / "alone"
+    assert train_zoo.run_all([("d", _fake_run(alone, "d", 0.1))], alone, jobs=2, poll=0.05) == 0
+    assert (alone / "d" / "threads").read_text() == "None"
 
 
 def test_a_stopped_or_failed_run_starts_no_new_one_and_is_reported(tmp_path, capsys):

@@ -81,6 +81,7 @@ class Seen:
     stages: list[int]
     title: str  # model, checkpoint, photo and prediction
     predicted: str  # the top class and its probability, e.g. "church (p = 0.93)"
+    knows: str  # what the model can name, e.g. "the model names only its 10 classes (tench, …)"
     unsure: bool  # below the checkpoint's calibrated threshold (False where it has none)
 
     @property
@@ -117,21 +118,21 @@ def see(photo: bytes, photo_name: str, checkpoint: Path) -> Seen:
     picture = (prep.denormalize(x)[0].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
     name = classes[top] if top < len(classes) else f"class {top}"
     predicted = f"{name} (p = {float(probs[top]):.2f})"
-    line, unsure = knows(checkpoint, meta, float(probs[top]))
-    title = f"{meta.get('model')} ({Path(checkpoint).stem}): {photo_name}, predicted {predicted}\n{line}"
-    return Seen(meta, prep, picture, trace, stages, title, predicted, unsure)
+    names, below = knows(checkpoint, meta, float(probs[top]))
+    title = f"{meta.get('model')} ({Path(checkpoint).stem}): {photo_name}, predicted {predicted}\n{names}"
+    if below is not None:
+        title += f"; unsure: p below {below:.2f}, this photo may show none of them"
+    return Seen(meta, prep, picture, trace, stages, title, predicted, names, below is not None)
 
 
-def knows(checkpoint: Path, meta: dict, top: float) -> tuple[str, bool]:
-    """What the model can name, and whether this prediction is unsure (the explorer's rule,
-    :mod:`resattn.confidence`): a figure of a photo of something else must not look like a recognition."""
+def knows(checkpoint: Path, meta: dict, top: float) -> tuple[str, float | None]:
+    """What the model can name, and the threshold this prediction fell below when it is unsure (the explorer's
+    rule, :mod:`resattn.confidence`; None otherwise): a figure of a photo of something else must not look like a
+    recognition."""
     names = class_names(list(meta.get("classes") or []))
     line = f"the model names only its {len(names)} classes" + (f" ({', '.join(names)})" if len(names) <= 12 else "")
     found = calibration_for(checkpoint, resattn.file_hash(checkpoint))
-    unsure = found is not None and found.unsure(top)
-    if unsure:
-        line += f"; unsure: p below {found.threshold:.2f}, this photo may show none of them"
-    return line, unsure
+    return line, found.threshold if found is not None and found.unsure(top) else None
 
 
 def _pyplot():  # noqa: ANN202 - matplotlib.pyplot on the Agg backend
@@ -300,9 +301,9 @@ def _row_label(seen: Seen, checkpoint: Path) -> str:
 
 def _types_title(seen: list[Seen], photo_name: str, what: str) -> str:
     """One title for a figure of several models: the photo, what the rows show, and what the models can name."""
-    lines = {s.title.split("\n", 1)[1] for s in seen}
-    knows_line = lines.pop() if len(lines) == 1 else "the models name different classes"
-    return f"{photo_name}: {what}, one model per row\n" + knows_line.split("; unsure")[0]
+    lines = {s.knows for s in seen}
+    return f"{photo_name}: {what}, one model per row\n" + (lines.pop() if len(lines) == 1 else
+                                                           "the models name different classes")
 
 
 def types_figure(photo: bytes, photo_name: str, checkpoints: list[Path], out: Path,

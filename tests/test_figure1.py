@@ -216,3 +216,21 @@ def test_the_default_photo_model_is_the_mixed_arl_one_whatever_the_file_names(tm
     assert figure1.default_checkpoint(tmp_path).name == "b_mixed.safetensors"
     (tmp_path / "b_mixed.safetensors").unlink()
     assert figure1.default_checkpoint(tmp_path).name == "a_channel.safetensors"
+
+
+def test_a_figure_of_a_cat_says_the_photo_model_is_unsure():
+    """scikit-image's cat through the shipped photo model (which knows no cats): the title names the ten classes
+    and says the prediction is below the model's measured threshold; the types figure's rows carry the flag."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import figure1
+
+    from resattn.confidence import calibration_for
+
+    checkpoint = figure1.default_checkpoint()
+    data, name = figure1.gallery_photo("cat")
+    seen = figure1.see(data, name, checkpoint)
+    threshold = calibration_for(checkpoint, resattn.file_hash(checkpoint)).threshold
+    assert seen.unsure and float(seen.predicted.split("p = ")[1].rstrip(")")) < threshold
+    assert seen.title.endswith(f"; unsure: p below {threshold:.2f}, this photo may show none of them")
+    assert seen.knows.startswith("the model names only its 10 classes (tench, English springer,")
+    assert figure1._row_label(seen, checkpoint).endswith("unsure: may show none of its classes")

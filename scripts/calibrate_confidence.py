@@ -26,7 +26,7 @@ from resattn.evaluate import evaluation_data  # noqa: E402
 
 
 def measure(checkpoint: Path, data: str, cache_dir: str | None,
-              batch: int = 128) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            batch: int = 128) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every test image's top-1 probability, whether its top-1 class is right, and the labels in the split's
     order, preprocessed exactly as ``python -m resattn.evaluate`` does."""
     model, meta = resattn.load_checkpoint(checkpoint)

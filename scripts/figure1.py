@@ -222,6 +222,13 @@ def _parts_row(fig: Any, axes: Any, picture: np.ndarray, parts: Any, top: int) -
         colorbar.set_label("part weight (0 to its max)", fontsize=8)
 
 
+def _explains(parts: Any, top: int) -> str:
+    """The parts in a few words for a row's label: "3 parts explain 78%" (and how many are drawn, when fewer)."""
+    if parts.flat:
+        return "no spatial variation: no parts"
+    return f"{parts.k} parts explain {parts.explained:.0%}" + (f"; top {top} shown" if top < parts.k else "")
+
+
 def _explained(record: Any, parts: Any, top: int) -> str:
     """What the parts of ``record``'s mask explain, as one line: "stage 1, module 1 (64×32×32): 3 parts explain…"."""
     c, h, w = record.mask.shape[1:]
@@ -260,8 +267,7 @@ def parts_figure(photo: bytes, photo_name: str, checkpoint: Path, out: Path, siz
     for row, (record, parts) in enumerate(zip(records, found)):
         lines.append(_explained(record, parts, top))
         c, h, w = record.mask.shape[1:]
-        stated = ("no spatial variation: no parts" if parts.flat else
-                  f"{parts.k} parts explain {parts.explained:.0%}" + (f"; top {top} shown" if top < parts.k else ""))
+        stated = _explains(parts, top)
         _input_panel(axes[row, 0], seen, f"input {seen.prep.size}×{seen.prep.size}" if row == 0 else "",
                      f"stage {record.stage}, module {record.index}, mask {c}×{h}×{w}\n{stated}\nof its spatial "
                      "variation")
@@ -376,7 +382,7 @@ def types_parts_figure(photo: bytes, photo_name: str, checkpoints: list[Path], o
     lines = []
     for row, (s, checkpoint, record, parts) in enumerate(zip(seen, checkpoints, records, found)):
         lines.append(f"{checkpoint.stem} ({s.words}), {_explained(record, parts, top)}")
-        stated = "no parts" if parts.flat else f"{parts.k} parts explain {parts.explained:.0%}"
+        stated = _explains(parts, top)
         _input_panel(axes[row, 0], s, f"input {s.prep.size}×{s.prep.size}" if row == 0 else "",
                      f"{_row_label(s, checkpoint)}\n{stated}")
         _parts_row(fig, axes[row], s.picture, parts, top)

@@ -78,7 +78,7 @@ def card_command(name: str) -> str:
 
 def status(name: str, root: Path) -> str:
     """Where run ``name`` stands: shipped, finished, not started, or its iteration, last test top-1 and a forecast
-    at its last epoch's speed (what a closing note reports for a run that spans sittings)."""
+    at the median speed of its last five full epochs (what a closing note reports for a run that spans sittings)."""
     run = root / name
     if (SHIPPED / f"{name}.safetensors").exists():
         return f"shipped ({SHIPPED.name}/{name}.safetensors)"

@@ -10,6 +10,11 @@ the card's training command from ``train_zoo.py``). The script copies the checkp
 split (so the card's accuracy is what anyone reproduces), counts parameters and MACs, and writes
 ``checkpoints/NAME.md`` with the recipe, the budget (epochs, training seconds from the metrics, hardware), the
 final-epoch accuracy, per-class accuracy, the per-epoch curve and the paper's figure when one is given.
+
+``--against OTHER.safetensors`` (a shipped checkpoint with its card beside it, trained on the same data) adds a
+section that sets the run against it: both test curves over the training images seen, drawn to
+``checkpoints/NAME-curve.png`` (the other's curve is the one its card states), and the paired comparison of the two
+files on the same test images that ``python -m resattn.evaluate --compare`` prints (McNemar's exact test).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import resattn.paper  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import train_zoo  # noqa: E402
-from resattn.evaluate import evaluate_checkpoint  # noqa: E402
+from resattn.evaluate import compare_checkpoints, evaluate_checkpoint  # noqa: E402
 from resattn.preprocess import Preprocessing  # noqa: E402
 from resattn.train import hardware_spans  # noqa: E402
 
@@ -74,10 +79,100 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+#: How a card states its per-epoch curve (:func:`card` writes it, :func:`card_curve` reads it back).
+CURVE_LINE = "Test top-1 per epoch (%): "
+
+
+def card_curve(text: str) -> list[tuple[int, float]]:
+    """The per-epoch test top-1 (epoch, percent) a card written by this script states."""
+    for line in text.splitlines():
+        if line.startswith(CURVE_LINE):
+            items = line[len(CURVE_LINE):].rstrip(".").split(", ")
+            return [(int(epoch), float(top1)) for epoch, top1 in (item.split(": ") for item in items)]
+    raise ValueError(f"the card states no curve (no line starting {CURVE_LINE!r})")
+
+
+def images_per_epoch(meta: dict) -> float:
+    """Training images one epoch of the checkpoint's run saw: iterations per epoch times the batch."""
+    return meta["metrics"]["iterations"] / meta["epochs"] * meta["recipe"]["batch_size"]
+
+
+def plot_curves(curves: dict[str, list[tuple[float, float]]], out: Path) -> None:
+    """Test top-1 (%) against training images seen (millions), one line per run, in projector-sized type."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5), dpi=100)
+    for label, points in curves.items():
+        ax.plot([x / 1e6 for x, _ in points], [y for _, y in points], marker="o", markersize=3, label=label)
+    ax.set_xlabel("training images seen (millions)", fontsize=14)
+    ax.set_ylabel("test top-1 after each epoch (%)", fontsize=14)
+    ax.tick_params(labelsize=12)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=12, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def against_text(name: str, target: Path, metrics: list[dict], meta: dict, other: Path, data: str,
+                 cache_dir: str | None, out_dir: Path) -> str:
+    """The card's section setting this run against the shipped checkpoint ``other``: both curves (a PNG beside the
+    card) and their paired comparison on the same test images."""
+    other_card = other.with_suffix(".md")
+    if not other_card.is_file():
+        raise SystemExit(f"{other} has no card beside it ({other_card.name}): its curve is read from the card")
+    other_meta = resattn.read_meta(other)
+    if other_meta.get("dataset") != meta.get("dataset"):
+        raise SystemExit(f"{other.name} was trained on {other_meta.get('dataset')!r}, this run on "
+                         f"{meta.get('dataset')!r}: their curves and test images are not comparable")
+    try:
+        other_curve = card_curve(other_card.read_text())
+    except ValueError as error:
+        raise SystemExit(f"{other_card}: {error}") from None
+    batch, other_per_epoch = meta["recipe"]["batch_size"], images_per_epoch(other_meta)
+    other_total = other_meta["metrics"]["iterations"] * other_meta["recipe"]["batch_size"]
+    mine = [(m["iteration"] * batch, 100 * m["test_top1"]) for m in metrics]
+    theirs = [(min(e * other_per_epoch, other_total), top1) for e, top1 in other_curve]
+    label = f"this run (`{meta['recipe']['recipe']}`)"
+    other_label = f"{other.stem} (`{other_meta['recipe']['recipe']}`)"
+    figure = out_dir / f"{name}-curve.png"
+    plot_curves({f"{name} ({meta['recipe']['recipe']})": mine, other_label.replace("`", ""): theirs}, figure)
+    paired = compare_checkpoints(str(target), str(other), data, cache_dir=cache_dir)["paired"]
+    beyond = paired["mcnemar_p"] < resattn.paper.SIGNIFICANCE
+    at_their_end = [top1 for seen, top1 in mine if seen <= other_total]
+    reach = (f" When it had seen as many images as {other.stem} saw in all ({other_total / 1e6:.2f} M), this run "
+             f"stood at {at_their_end[-1]:.2f}% (the other ended at {theirs[-1][1]:.2f}%)."
+             if at_their_end and mine[-1][0] > other_total else "")
+    return "\n".join([
+        f"## Against `{other.stem}`",
+        "",
+        f"![Test top-1 after each epoch against training images seen: {label} and {other_label}]({figure.name})",
+        "",
+        f"Test top-1 after each epoch against the training images seen: {label}, {mine[-1][0] / 1e6:.2f} M images "
+        f"in {len(mine)} epochs, and {other_label}, {other_total / 1e6:.2f} M in {len(theirs)} (the curve its card "
+        f"states).{reach}",
+        "",
+        f"The two files on the same {paired['images']:,} test images: both right on {paired['both']:,}, only this "
+        f"model on {paired['only_a']:,}, only {other.stem} on {paired['only_b']:,}, neither on {paired['neither']:,}. "
+        f"Gap {paired['gap_points']:+.2f} ± {paired['gap_se_points']:.2f} points (paired standard error); "
+        f"McNemar's exact {resattn.paper.p_words(paired['mcnemar_p'])}: "
+        + ("beyond" if beyond else "within") + " test-set noise (one seed each: it says nothing about seed-to-seed "
+        "spread).",
+        "",
+        "```bash",
+        f"python -m resattn.evaluate --checkpoint checkpoints/{name}.safetensors --compare "
+        f"checkpoints/{other.name} --data path/to/{meta['dataset']}.zip",
+        "```",
+    ]) + "\n"
+
+
 def card(run: Path, data: str, name: str, cache_dir: str | None, command: str | None,
-         out_dir: Path = ROOT / "checkpoints", half: bool = False) -> str:
+         out_dir: Path = ROOT / "checkpoints", half: bool = False, against: Path | None = None) -> str:
     """The model card's Markdown; copies the checkpoint to ``out_dir`` (in float16 with ``half``) and evaluates
-    the copy on the way."""
+    the copy on the way; ``against`` (a shipped checkpoint) adds :func:`against_text`."""
     target = out_dir / f"{name}.safetensors"
     if half:
         trained, trained_meta = resattn.load_checkpoint(run / "model.safetensors")
@@ -142,7 +237,7 @@ def card(run: Path, data: str, name: str, cache_dir: str | None, command: str | 
         "",
         f"Per class (%, {'this float16 file' if half else 'final epoch'}): " + per_class + ".",
         "",
-        "Test top-1 per epoch (%): " + curve + ".",
+        CURVE_LINE + curve + ".",
         "",
         "Reproduce (the trainer prints and stores its whole configuration):",
         "",
@@ -151,7 +246,10 @@ def card(run: Path, data: str, name: str, cache_dir: str | None, command: str | 
         f"python -m resattn.evaluate --checkpoint checkpoints/{name}.safetensors --data path/to/{meta['dataset']}.zip",
         "```",
     ]
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    if against is not None:
+        text += "\n" + against_text(name, target, metrics, meta, against, data, cache_dir, out_dir)
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--notes", type=Path, help="a Markdown file whose text is appended to the card")
     p.add_argument("--out-dir", type=Path, default=ROOT / "checkpoints", help="where the checkpoint and card go")
     p.add_argument("--half", action="store_true", help="store the weights in float16 (half the file)")
+    p.add_argument("--against", type=Path, metavar="OTHER.safetensors",
+                   help="a shipped checkpoint (its card beside it) to set this run against: both curves and their "
+                        "paired comparison on the same test images")
     args = p.parse_args(argv)
     if args.zoo:
         args.run = args.run or args.zoo_root.expanduser() / args.zoo
@@ -177,7 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    text = card(args.run, args.data, args.name, args.cache_dir, args.command, args.out_dir, args.half)
+    if args.against is not None and not args.against.is_file():
+        p.error(f"--against {args.against}: no such checkpoint")
+    text = card(args.run, args.data, args.name, args.cache_dir, args.command, args.out_dir, args.half, args.against)
     if args.notes:
         text += "\n" + args.notes.read_text()
     (args.out_dir / f"{args.name}.md").write_text(text)

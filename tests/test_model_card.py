@@ -3,13 +3,14 @@ evaluation of the copied file (``--zoo NAME`` takes the run folder, name and com
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import pytest
 
 import resattn
-from resattn.evaluate import evaluate_checkpoint
+from resattn.evaluate import compare_checkpoints, evaluate_checkpoint
 from resattn.train import TrainConfig, train
 
 from .test_data import make_tree, zip_tree
@@ -101,3 +102,74 @@ def test_an_imagenet_figure_names_the_dataset_it_is_not_comparable_with():
     assert text.startswith("78.24% top-1 on ImageNet-1k") and text.endswith("not comparable with 3 classes of `birds`")
     assert model_card.paper_text({"model": "attention56_cifar", "overrides": {"attention": "spatial"}}) == \
         "93.67% (Table 1: 6.33% error)"
+
+
+def test_a_card_states_its_curve_so_another_card_can_read_it_back(zoo_run, tmp_path):
+    zoo, data = zoo_run
+    out = tmp_path / "checkpoints"
+    out.mkdir()
+    model_card.main(["--zoo", NAME, "--zoo-root", str(zoo), "--data", data, "--out-dir", str(out)])
+    metrics = [json.loads(line) for line in (zoo / NAME / "metrics.jsonl").read_text().splitlines()]
+    assert model_card.card_curve((out / f"{NAME}.md").read_text()) == [
+        (m["epoch"], round(100 * m["test_top1"], 2)) for m in metrics]
+    with pytest.raises(ValueError, match="states no curve"):
+        model_card.card_curve("# a card\n\nno curve here\n")
+
+
+@pytest.fixture(scope="module")
+def shorter_run(zoo_run, tmp_path_factory):
+    """Another tiny run on the same data (one epoch, another seed), shipped with its card, to be set against."""
+    zoo, data = zoo_run
+    root = tmp_path_factory.mktemp("other")
+    train(TrainConfig(model="attention56_cifar", width_mult=0.125, batch_size=8, eval_batch_size=16, threads=1,
+                      progress="none", data=data, epochs=1, seed=1, out=str(root / "run"), state_dir=str(root / "state")))
+    out = root / "checkpoints"
+    out.mkdir()
+    assert model_card.main([str(root / "run"), "--name", "short", "--data", data, "--out-dir", str(out)]) == 0
+    return out / "short.safetensors"
+
+
+def test_against_another_checkpoint_the_card_draws_both_curves_and_states_the_paired_test(zoo_run, shorter_run,
+                                                                                          tmp_path):
+    zoo, data = zoo_run
+    out = tmp_path / "checkpoints"
+    out.mkdir()
+    assert model_card.main(["--zoo", NAME, "--zoo-root", str(zoo), "--data", data, "--out-dir", str(out),
+                            "--against", str(shorter_run)]) == 0
+    card = (out / f"{NAME}.md").read_text()
+    section = card[card.index("## Against `short`"):]
+    paired = compare_checkpoints(str(out / f"{NAME}.safetensors"), str(shorter_run), data)["paired"]
+    assert (f"both right on {paired['both']:,}, only this model on {paired['only_a']:,}, only short on "
+            f"{paired['only_b']:,}, neither on {paired['neither']:,}") in section
+    assert f"Gap {paired['gap_points']:+.2f} ± {paired['gap_se_points']:.2f} points" in section
+    assert ("beyond" if paired["mcnemar_p"] < 0.05 else "within") + " test-set noise" in section
+    assert "--compare checkpoints/short.safetensors" in section
+    # the curves: this run's two epochs against the other's one, in training images (batch 8, 10 per epoch here)
+    meta = resattn.read_meta(out / f"{NAME}.safetensors")
+    seen = meta["metrics"]["iterations"] * 8
+    assert f"{seen / 1e6:.2f} M images in 2 epochs" in section and "in 1 (the curve its card states)" in section
+    first = json.loads((zoo / NAME / "metrics.jsonl").read_text().splitlines()[0])
+    assert f"stood at {100 * first['test_top1']:.2f}%" in section  # after one epoch: as many images as the other saw
+    figure = out / f"{NAME}-curve.png"
+    assert f"]({figure.name})" in section and figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_against_a_checkpoint_without_a_card_or_of_other_data_is_refused(zoo_run, shorter_run, tmp_path, capsys):
+    zoo, data = zoo_run
+    out = tmp_path / "checkpoints"
+    out.mkdir()
+    bare = tmp_path / "bare.safetensors"
+    bare.write_bytes(shorter_run.read_bytes())
+    with pytest.raises(SystemExit, match="has no card beside it"):
+        model_card.main(["--zoo", NAME, "--zoo-root", str(zoo), "--data", data, "--out-dir", str(out),
+                         "--against", str(bare)])
+    model, meta = resattn.load_checkpoint(shorter_run)
+    elsewhere = tmp_path / "elsewhere.safetensors"
+    resattn.save_checkpoint(elsewhere, model, {**meta, "dataset": "birds"})
+    elsewhere.with_suffix(".md").write_text(shorter_run.with_suffix(".md").read_text())
+    with pytest.raises(SystemExit, match="not comparable"):
+        model_card.main(["--zoo", NAME, "--zoo-root", str(zoo), "--data", data, "--out-dir", str(out),
+                         "--against", str(elsewhere)])
+    with pytest.raises(SystemExit):
+        model_card.main(["--zoo", NAME, "--zoo-root", str(zoo), "--data", data, "--against", str(tmp_path / "no")])
+    assert "no such checkpoint" in capsys.readouterr().err

@@ -16,6 +16,7 @@ import hashlib
 import io
 import math
 import os
+import tempfile
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -158,10 +159,30 @@ def _decode(data: bytes, size: int | None, crop: int | None = None) -> np.ndarra
         return np.asarray(img, dtype=np.uint8)
 
 
-def _cache_key(source: str, split: str, size: int | None, crop: int | None) -> str:
-    st = os.stat(source)
-    text = f"{os.path.abspath(source)}|{st.st_size}|{st.st_mtime_ns}|{split}|{size}|{crop}|v2"
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def _cache_key(listing: SplitSource, size: int | None, crop: int | None) -> str:
+    """Which decoded cache a split uses. A zip's split is named by its members' names, CRC-32s and sizes (read
+    from the zip's directory, not its bytes), so the cache outlives a copy, a move or a new modification time of
+    the same archive (a dataset mounted afresh each session) and misses when any image changes. A folder is
+    named by its path, size and modification time."""
+    if listing.root.endswith(".zip"):
+        with zipfile.ZipFile(listing.root) as zf:
+            members = [zf.getinfo(name) for name, _ in listing.items]
+        identity = "\n".join(f"{m.filename}|{m.CRC}|{m.file_size}|{label}"
+                              for m, (_, label) in zip(members, listing.items))
+        text = f"zip|{identity}|{'/'.join(listing.classes)}"
+    else:
+        st = os.stat(listing.root)
+        text = f"{os.path.abspath(listing.root)}|{st.st_size}|{st.st_mtime_ns}"
+    return hashlib.sha256(f"{text}|{listing.split}|{size}|{crop}|v2".encode()).hexdigest()[:16]
+
+
+def _save_atomically(folder: Path, name: str, value: np.ndarray) -> None:
+    """Write ``folder/name`` through a temporary file of this writer's own, so that two processes decoding the same
+    split at once (two training runs started together) each replace the file whole instead of racing for one
+    temporary name."""
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{name}.", suffix=".tmp", delete=False) as fh:
+        np.save(fh, value)
+    os.replace(fh.name, folder / name)
 
 
 #: Human class names for dataset folders named by ImageNet WordNet ids (Imagenette's ten classes).
@@ -246,7 +267,7 @@ def load_split(
     listing = open_split(source, split)
     cache: Path | None = None
     if cache_dir is not None:
-        cache = Path(cache_dir) / f"{Path(source).stem}-{listing.split}-{_cache_key(source, listing.split, size, crop)}"
+        cache = Path(cache_dir) / f"{Path(source).stem}-{listing.split}-{_cache_key(listing, size, crop)}"
         if (cache / "images.npy").exists() and (cache / "labels.npy").exists():
             mapped = np.load(cache / "images.npy", mmap_mode="r")
             labels = torch.from_numpy(np.load(cache / "labels.npy"))
@@ -283,9 +304,7 @@ def load_split(
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
         for name, value in (("images.npy", images.numpy()), ("labels.npy", labels.numpy())):
-            tmp = cache / (name + ".tmp.npy")
-            np.save(tmp, value)
-            os.replace(tmp, cache / name)
+            _save_atomically(cache, name, value)
     return Decoded(images, labels, listing.classes, source)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import zipfile
 
@@ -82,6 +83,51 @@ def test_decode_cache_is_reused(tmp_path, monkeypatch):
     monkeypatch.setattr(D, "_decode", lambda *a: (_ for _ in ()).throw(AssertionError("decoded again")))
     second = D.load_split(tree, "train", cache_dir=tmp_path / "cache")
     assert torch.equal(first.images, second.images) and torch.equal(first.labels, second.labels)
+
+
+def test_a_zips_cache_outlives_a_copy_and_a_new_mtime_but_not_a_changed_image(tmp_path, monkeypatch):
+    """A dataset mounted afresh each session (same bytes, new modification time) keeps its decoded cache."""
+    tree = make_tree(tmp_path / "tree")
+    (tmp_path / "a").mkdir()
+    archive = zip_tree(tree, tmp_path / "a" / "data.zip")
+    first = D.load_split(archive, "train", cache_dir=tmp_path / "cache")
+    moved = tmp_path / "b" / "data.zip"
+    moved.parent.mkdir()
+    moved.write_bytes(archive.read_bytes())
+    os.utime(moved, (1_000_000, 1_000_000))
+    real_decode = D._decode
+    monkeypatch.setattr(D, "_decode", lambda *a: (_ for _ in ()).throw(AssertionError("decoded again")))
+    again = D.load_split(moved, "train", cache_dir=tmp_path / "cache")
+    assert torch.equal(first.images, again.images) and torch.equal(first.labels, again.labels)
+    # one image changed: another cache, decoded afresh
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(tree / "train" / "dog" / "001.png")
+    changed = zip_tree(tree, tmp_path / "b" / "data.zip")
+    monkeypatch.setattr(D, "_decode", real_decode)
+    fresh = D.load_split(changed, "train", cache_dir=tmp_path / "cache")
+    assert not torch.equal(first.images, fresh.images)
+    assert len(list((tmp_path / "cache").rglob("images.npy"))) == 2
+
+
+def test_two_writers_of_one_split_cache_do_not_collide(tmp_path, monkeypatch):
+    """Two runs started together decode the same split and both write its cache: a writer that finishes while the
+    other is between writing and renaming its file leaves that file alone."""
+    tree = make_tree(tmp_path / "tree")
+    real_save, nested = np.save, {}
+
+    def save_then_let_another_writer_finish(file, value, *args, **kwargs):
+        real_save(file, value, *args, **kwargs)
+        if "second" not in nested:  # the first writer, paused after its first write: a second runs to the end
+            nested["second"] = None
+            nested["second"] = D.load_split(tree, "train", cache_dir=tmp_path / "cache")
+
+    monkeypatch.setattr(D.np, "save", save_then_let_another_writer_finish)
+    first = D.load_split(tree, "train", cache_dir=tmp_path / "cache")
+    assert torch.equal(first.images, nested["second"].images)
+    monkeypatch.setattr(D.np, "save", real_save)
+    monkeypatch.setattr(D, "_decode", lambda *a: (_ for _ in ()).throw(AssertionError("decoded again")))
+    cached = D.load_split(tree, "train", cache_dir=tmp_path / "cache")
+    assert torch.equal(first.images, cached.images) and torch.equal(first.labels, cached.labels)
+    assert sorted(p.name for p in (tmp_path / "cache").rglob("*") if p.is_file()) == ["images.npy", "labels.npy"]
 
 
 def test_torchvision_cifar10_source(tmp_path, monkeypatch):

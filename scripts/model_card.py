@@ -149,7 +149,7 @@ def against_text(name: str, target: Path, metrics: list[dict], meta: dict, other
     return "\n".join([
         f"## Against `{other.stem}`",
         "",
-        f"![Test top-1 after each epoch against training images seen: {label} and {other_label}]({figure.name})",
+        f"![Test top-1 after each epoch against training images seen: {name} and {other.stem}]({figure.name})",
         "",
         f"Test top-1 after each epoch against the training images seen: {label}, {mine[-1][0] / 1e6:.2f} M images "
         f"in {len(mine)} epochs, and {other_label}, {other_total / 1e6:.2f} M in {len(theirs)} (the curve its card "

@@ -300,6 +300,10 @@ def attention_family(like: Path) -> list[Path]:
     return [path for _, path in sorted(family)]
 
 
+#: The --types figures' default height: the title's pixels, and each model row's.
+TYPES_TITLE_PX, TYPES_ROW_PX = 160, 380
+
+
 def _row_label(seen: Seen, checkpoint: Path) -> str:
     return (f"{checkpoint.stem}\n{seen.words}\npredicted {seen.predicted}"
             + ("\nunsure: may show none of its classes" if seen.unsure else ""))
@@ -402,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="a resattn checkpoint (default: the photo model in checkpoints/); with --types, give it "
                         "several times to choose the rows")
     p.add_argument("--out", type=Path, default=Path("figure1.png"), help="output PNG")
-    p.add_argument("--size", help="output size in pixels, WIDTHxHEIGHT (default 1600x1300, with --parts 1600x1150)")
+    p.add_argument("--size", help="output size in pixels, WIDTHxHEIGHT (default 1600x1300, with --parts 1600x1150, "
+                                  "with --types 1600 wide and 160 + 380 per row high)")
     p.add_argument("--module", default="last", help="which module of each stage: 'last' or a 1-based index")
     p.add_argument("--contrast", choices=maps.CONTRASTS, default="stretch",
                    help="each map on its natural fixed scale, or stretched to its 1st–99th percentile")
@@ -436,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"no other attention type of {checkpoint.name}'s family (same model, recipe and "
                                  f"budget) is in {checkpoint.parent}; train one (scripts/train_zoo.py) or give "
                                  "--checkpoint once per row")
+            if args.size is None:  # as tall as its rows need, so that two rows are not spread over a page
+                size = (size[0], TYPES_TITLE_PX + TYPES_ROW_PX * len(rows))
             if args.parts:
                 out, lines = types_parts_figure(data, name, rows, args.out, size, args.module, args.stage, args.k,
                                                 args.top)

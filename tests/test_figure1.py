@@ -196,6 +196,17 @@ def test_types_parts_figure_states_each_models_parts_of_the_chosen_stage(tmp_pat
     with Image.open(out) as picture:
         assert picture.size == (1000, 700)
         assert picture.text["Description"].count("of the parts' energy") == 4  # two parts drawn for each model
+    # without --size the figure is as tall as its rows need: the title, then one band per model
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import figure1
+
+    tall = subprocess.run([sys.executable, "scripts/figure1.py", str(photo), "--types", "--parts", "--top", "1",
+                           "--out", str(tmp_path / "tall.png"),
+                           *[a for name in chosen for a in ("--checkpoint", str(paths[name]))]],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert tall.returncode == 0, tall.stderr
+    with Image.open(tmp_path / "tall.png") as picture:
+        assert picture.size == (1600, figure1.TYPES_TITLE_PX + 2 * figure1.TYPES_ROW_PX)
     missing = subprocess.run([sys.executable, "scripts/figure1.py", str(photo), "--types", "--parts", "--stage", "7",
                               "--checkpoint", str(paths["mixed"])], cwd=ROOT, capture_output=True, text=True,
                              timeout=300)

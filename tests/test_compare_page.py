@@ -177,8 +177,8 @@ def test_the_tables_heading_names_exactly_the_tables_with_rows(mixed_row, paper_
     assert sorted(set(summary["paper table"])) == ["Table 1", "Table 3"]
     lines = "\n".join(m.value for m in at.markdown)
     # the gaps from the recorded accuracies, as the README states them
-    assert "`mixed_arl` vs `mixed_nal`; error gap in the paper 0.37 points, here 0.18" in lines
-    assert "`mixed_arl` vs `channel_arl`; error gap in the paper 0.72 points, here 0.33" in lines
+    assert "`mixed_arl` vs `mixed_nal`; error gap in the paper 0.37 points, here 0.18 points" in lines
+    assert "`mixed_arl` vs `channel_arl`; error gap in the paper 0.72 points, here 0.33 points" in lines
     assert any("The paper's Attention-56 gaps are 0.37–0.96 points" in c.value for c in at.caption)
     # quarter-width models: none is the paper's variant (no row), but two pairs differ as Table 1's do
     narrow = compare_page(mixed_row, monkeypatch)
@@ -197,7 +197,7 @@ def test_photo_models_get_the_papers_comparisons_with_the_same_verdict_and_no_pa
     (line,) = [m.value for m in at.markdown if m.value.startswith("- **Table")]
     # 2 SE of the gap over 3,925 images each: 200·√(.883·.117/3925 + .861·.139/3925) ≈ 1.49 points
     assert line == ("- **Table 1: mixed vs spatial (photos)**: `p_mixed` vs `p_spatial`; the paper compares these "
-                    "on CIFAR-10 only (Table 1), here 2.20: **same order as the paper, beyond test-set noise; one "
+                    "on CIFAR-10 only (Table 1); error gap here 2.20 points: **same order as the paper, beyond test-set noise; one "
                     "seed each**")
 
 
@@ -234,7 +234,7 @@ def test_recorded_per_image_results_turn_the_verdict_into_mcnemars_test(photo_ro
     at = compare_page(folder, monkeypatch)
     (line,) = [m.value for m in at.markdown if m.value.startswith("- **Table")]
     p = paper.paired_comparison(mixed, spatial)["mcnemar_p"]
-    assert p < 1e-6 and line.endswith("here 2.20: **same order as the paper, beyond test-set noise (McNemar's "
+    assert p < 1e-6 and line.endswith("here 2.20 points: **same order as the paper, beyond test-set noise (McNemar's "
                                       "p < 0.001); one seed each**")
     assert any("McNemar's exact test" in c.value for c in at.caption)
 

@@ -272,8 +272,9 @@ if pairs:
     # paper's better variant (named first) is better here too
     st.markdown("\n".join(
         f"- **{r.contrast.table}: {r.contrast.question}"
-        f"{' (photos)' if r.contrast.paper_gap() is None else ''}**: `{r.a}` vs `{r.b}`; {r.contrast.words()}, "
-        f"here {r.gap:.2f}: **{r.verdict()}**" for r in pairs))
+        f"{' (photos)' if r.contrast.paper_gap() is None else ''}**: `{r.a}` vs `{r.b}`; {r.contrast.words()}"
+        + (f", here {r.gap:.2f} points" if r.contrast.paper_gap() is not None else
+           f"; error gap here {r.gap:.2f} points") + f": **{r.verdict()}**" for r in pairs))
     st.caption("Each line names the paper's better variant first; a gap is the other's error minus its error "
                "(positive: the paper's order). "
                "Two checkpoints are comparable only when everything but the variant matches: data, recipe, epochs, "

@@ -32,16 +32,18 @@ def minus(text: str) -> str:
     return re.sub(r"(?<![\w.])-(?=\d)", "−", text)
 
 
-def colorbar_html(scale: Scale, cmap_name: str, note: str | None = None) -> str:
+def colorbar_html(scale: Scale, cmap_name: str, note: str | None = None, under_picture: bool = True) -> str:
     """A colorbar as elements: the gradient, then the low, middle (0 on a diverging scale) and high numbers in
     :data:`TICK_PX` dark text (class ``ra-tick``), then what the scale spans (``note``, default the scale's
-    description) and the colormap."""
+    description) and the colormap. ``under_picture``: drawn right under a picture, it is pulled up to it;
+    after text (a row of labelled thumbnails) it keeps its distance, so it never covers the last line."""
     from matplotlib import colormaps
 
     rgb = (colormaps[cmap_name](np.linspace(0, 1, 11))[:, :3] * 255).round().astype(int)
     stops = ", ".join(f"rgb({r},{g},{b}) {10 * i}%" for i, (r, g, b) in enumerate(rgb))
     numbers = "".join(f'<span class="ra-tick">{escape(minus(t))}</span>' for t in ticks(scale))
-    return (f'<div class="ra-colorbar" style="margin:-0.6rem 0 0.2rem 0">'
+    margin = "-0.6rem 0 0.2rem 0" if under_picture else "0.4rem 0 0.2rem 0"
+    return (f'<div class="ra-colorbar" style="margin:{margin}">'
             f'<div style="height:14px;border:1px solid #444;background:linear-gradient(to right, {stops})"></div>'
             f'<div style="display:flex;justify-content:space-between;font-size:{TICK_PX}px;line-height:1.3;'
             f'font-weight:600;color:#111;font-variant-numeric:tabular-nums">{numbers}</div>'

@@ -122,6 +122,28 @@ def overflow(page) -> list[str]:  # noqa: ANN001
     )
 
 
+def overlapping_labels(page) -> list[str]:  # noqa: ANN001
+    """Colorbars drawn over text (a thumbnail's model name and kind, a caption, a paragraph): each pair whose
+    boxes intersect by more than a pixel. Empty when every label can be read."""
+    return page.evaluate(
+        """() => {
+          const problems = [];
+          const boxes = sel => [...document.querySelectorAll(sel)].map(el => [el, el.getBoundingClientRect()])
+            .filter(([, b]) => b.width > 0 && b.height > 0);
+          for (const [bar, b] of boxes('.ra-colorbar')) {
+            for (const [label, l] of boxes('.ra-thumb, [data-testid="stCaptionContainer"], [data-testid="stImageCaption"], '
+                                           + '[data-testid="stMarkdownContainer"] p')) {
+              if (bar.contains(label) || label.contains(bar)) continue;
+              const x = Math.min(b.right, l.right) - Math.max(b.left, l.left);
+              const y = Math.min(b.bottom, l.bottom) - Math.max(b.top, l.top);
+              if (x > 1 && y > 1) problems.push(`a colorbar covers ${Math.round(y)} px of the label '${label.textContent}'`);
+            }
+          }
+          return problems;
+        }"""
+    )
+
+
 def illegible_numbers(page, minimum: float = 14.0) -> list[str]:  # noqa: ANN001
     """Colorbar numbers (``.ra-tick``) smaller than ``minimum`` px as rendered, cut off (outside their colorbar)
     or overlapping their neighbour, and colorbars without three numbers. Empty when every scale can be read."""

@@ -21,10 +21,12 @@ import resattn
 
 try:  # tests/ may or may not be a package
     from .browser import (ROOT, below_first_screen, choose, full_screenshot, illegible_numbers, launch, overflow,
-                          rendered_images, require_browser, screenshot_dir, settle, streamlit_server)
+                          overlapping_labels, rendered_images, require_browser, screenshot_dir, settle,
+                          streamlit_server)
 except ImportError:
     from browser import (ROOT, below_first_screen, choose, full_screenshot, illegible_numbers, launch, overflow,
-                         rendered_images, require_browser, screenshot_dir, settle, streamlit_server)
+                         overlapping_labels, rendered_images, require_browser, screenshot_dir, settle,
+                         streamlit_server)
 
 pytestmark = [pytest.mark.browser]
 SIZES = [(1280, 800), (1920, 1080)]
@@ -99,7 +101,7 @@ README_PICTURES = {"explore-1280.png"}  # what `make screenshots` writes to docs
 
 def _check_page(page, folder: Path, name: str, size: tuple[int, int], scratch: Path, readme: bool = False) -> None:
     assert page.get_by_test_id("stException").count() == 0, f"exception on {name}"
-    problems = overflow(page) + illegible_numbers(page)
+    problems = overflow(page) + illegible_numbers(page) + overlapping_labels(page)
     file = f"{name}-{size[0]}.png"
     full_screenshot(page, (folder if readme and file in README_PICTURES else scratch) / file)
     assert not problems, f"{name} at {size[0]}×{size[1]}: {problems}"

@@ -1,6 +1,6 @@
 """Real browser (issue 25): Explore's parts view and channel atlas at 1280×800, the usual projector, on the shipped
 photo model and scikit-learn's temple photo: every part and channel picture decodes and nothing sticks out
-horizontally. Screenshots go to a temporary folder (``make screenshots``: docs/)."""
+horizontally, and no colorbar covers a caption. Screenshots go to a temporary folder (``make screenshots``: docs/)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 try:  # tests/ may or may not be a package
-    from .browser import (ROOT, full_screenshot, launch, overflow, rendered_images, require_browser, screenshot_dir,
-                          settle, streamlit_server)
+    from .browser import (ROOT, full_screenshot, launch, overflow, overlapping_labels, rendered_images,
+                          require_browser, screenshot_dir, settle, streamlit_server)
 except ImportError:
-    from browser import (ROOT, full_screenshot, launch, overflow, rendered_images, require_browser, screenshot_dir,
-                         settle, streamlit_server)
+    from browser import (ROOT, full_screenshot, launch, overflow, overlapping_labels, rendered_images,
+                         require_browser, screenshot_dir, settle, streamlit_server)
 
 pytestmark = [pytest.mark.browser]
 
@@ -49,7 +49,7 @@ def test_parts_and_atlas_fit_a_projector(tmp_path):
             assert parts >= 3  # at least two parts and the chosen one again beside its channels
             assert rendered_images(page) >= parts + 3  # the picture, the input, the parts, one channel
             assert page.get_by_test_id("stException").count() == 0
-            problems = overflow(page)
+            problems = overflow(page) + overlapping_labels(page)
             full_screenshot(page, shots / "explore-parts-1280.png")
             assert not problems, problems
 
@@ -58,7 +58,7 @@ def test_parts_and_atlas_fit_a_projector(tmp_path):
             settle(page)
             assert rendered_images(page) >= 24 + 2
             assert page.get_by_test_id("stException").count() == 0
-            problems = overflow(page)
+            problems = overflow(page) + overlapping_labels(page)
             full_screenshot(page, shots / "explore-atlas-1280.png")
             assert not problems, problems
         finally:

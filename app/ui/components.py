@@ -130,9 +130,12 @@ def style() -> None:
     st.html(STYLE)
 
 
-def colorbar(scale: maps.Scale, cmap_name: str, note: str | None = None, container: Any = st) -> None:
-    """Draw :func:`colorbar_html` under the picture just shown in ``container``."""
-    container.markdown(colorbar_html(scale, cmap_name, note), unsafe_allow_html=True)  # numbers as text, 16 px
+def colorbar(scale: maps.Scale, cmap_name: str, note: str | None = None, container: Any = st,
+             under_picture: bool = True) -> None:
+    """Draw :func:`colorbar_html` under the picture just shown in ``container`` (``under_picture=False``: under
+    a row of labelled pictures, whose last line of text it must not cover)."""
+    container.markdown(colorbar_html(scale, cmap_name, note, under_picture),  # numbers as text, 16 px
+                       unsafe_allow_html=True)
 
 
 def map_image(picture: np.ndarray | bytes, scale: maps.Scale, cmap_name: str, caption: str | None = None,

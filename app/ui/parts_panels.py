@@ -63,9 +63,10 @@ def part_png(found: P.MaskParts, part: int, picture: np.ndarray, side: int = PAR
     return maps.to_png(maps.overlay(photo, heat, alpha=0.65))
 
 
-def part_colorbar(container: Any = st) -> None:
-    """The colorbar of every part picture: each part scaled to its own maximum."""
-    components.colorbar(PART_SCALE, P.PART_CMAP, container=container)
+def part_colorbar(container: Any = st, under_picture: bool = True) -> None:
+    """The colorbar of every part picture: each part scaled to its own maximum (``under_picture=False`` under a
+    row of captioned parts)."""
+    components.colorbar(PART_SCALE, P.PART_CMAP, container=container, under_picture=under_picture)
 
 
 def part_caption(found: P.MaskParts, part: int, channels: int = 5) -> str:
@@ -219,7 +220,7 @@ def _examples(ctx: Any, found: P.MaskParts, part: int) -> None:
             heat = maps.colorize(maps.upsample(own, (side, side)), 0.0, 1.0, P.PART_CMAP)
             column.image(maps.to_png(maps.overlay(photo, heat, 0.6)),
                          caption=f"{'/'.join(names[i].split('/')[-2:])} · top-20% share {score:.2f}")
-    part_colorbar()
+    part_colorbar(under_picture=False)
     st.caption(f"The {len(index)} of {len(masks)} images where part {part + 1}'s channels (weighted by their loadings, "
                "each above its own floor) are most concentrated; each map scaled to its own maximum.")
 
@@ -246,7 +247,7 @@ def render_atlas(ctx: Any, record: dict[str, Any], contrast: str) -> None:
         for column, (png, caption) in zip(st.columns(6), tiles[start:start + 6]):
             column.image(png, caption=caption)
     if contrast == "fixed":
-        components.colorbar(scale, cmap, note=f"every tile: {scale.description}")
+        components.colorbar(scale, cmap, note=f"every tile: {scale.description}", under_picture=False)
     else:
         st.caption("Each tile is stretched to its own 1st–99th percentile: compare shapes, not levels "
                    "(each caption gives the channel's range).")

@@ -104,7 +104,7 @@ def draw_thumbnails(thumbs: Sequence[Thumb], contrast: str, alpha: float) -> Non
             names = ", ".join(t.name for t in members)
             components.colorbar(shared, maps.cmap_for(shared, components.cmap("mask"), quantity),
                                 note=f"one scale for the {KINDS[quantity][0]} thumbnails ({names}): "
-                                     f"{shared.description}")
+                                     f"{shared.description}", under_picture=False)
     if contrast == "per_model":
         st.caption("Each thumbnail is stretched to its own 1st–99th percentile (its own colorbar): compare shapes, "
                    "not values.")
@@ -245,7 +245,7 @@ if masks:
                 for column, j in zip(st.columns(4), range(min(4, found.k))):
                     column.image(parts_panels.part_png(found, j, picture, side=220),
                                  caption=f"part {j + 1}: {found.energy[j]:.0%} of the energy")
-                parts_panels.part_colorbar()  # one scale for every part of the row
+                parts_panels.part_colorbar(under_picture=False)  # one scale for every part of the row
         st.caption("Each part over the image the model saw, scaled to its own maximum (the colorbar under each row); "
                    "parts describe where each mask varies, not what the model uses to classify.")
 

@@ -228,7 +228,8 @@ for first in range(0, len(chunk), COLUMNS):
             st.caption(f"#{ms.index[row]} · {truth} → {guess} {mark} · p {ms.confidence[row]:.2f} · "
                        f"{STAT_SHORT[stat]} {stats[stat][row]:.3f}")
 if len(chunk):
-    components.colorbar(scale, colours, note=f"one scale for every thumbnail on this page: {scale.description}")
+    components.colorbar(scale, colours, note=f"one scale for every thumbnail on this page: {scale.description}",
+                        under_picture=False)
     st.caption(f"Mask = channel mean of M, stage {choice.stage} module {choice.index} ({h}×{w}), upsampled "
                "bilinearly to the picture." + (f" Overlay opacity {alpha:.2f}." if overlaid else ""))
 else:
@@ -246,7 +247,8 @@ for first in range(0, len(present), COLUMNS):
                                  class_scale.high, class_colours)
             correct = float(ms.correct[ms.labels == c].mean())
             st.image(heat, caption=f"{ms.classes[c]} (n = {ms.class_counts[c]}, top-1 {correct:.0%})", width="stretch")
-components.colorbar(class_scale, class_colours, note=f"one scale for every class mean: {class_scale.description}")
+components.colorbar(class_scale, class_colours, note=f"one scale for every class mean: {class_scale.description}",
+                    under_picture=False)
 st.caption(f"Mean over the images of each true class of the channel-mean mask at {h}×{w}.")
 st.caption(f"⏱ Page computed in {(time.perf_counter() - start) * 1000:.0f} ms, of which {result.seconds:.2f} s for "
            f"the masks (computed once per model, dataset, split and limit, in chunks of {tools.CHUNK} images)")

@@ -120,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, help="CPU threads per run (default: all cores, divided among --jobs)")
     p.add_argument("--jobs", type=int, default=1,
                    help="runs at once (on 2 cores, two 1-thread runs train about 1.4x the images of one 2-thread run)")
+    p.add_argument("--retries", type=int, default=1,
+                   help="times a failed run is started again from its resume state before the set stops")
     p.add_argument("--dry-run", action="store_true", help="print the commands and what is done")
     p.add_argument("--status", action="store_true", help="print where each run stands and stop")
     args = p.parse_args(argv)
@@ -149,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             threads = args.threads or share(args.jobs, len(pending) - number)
             print(f"[zoo] {name}: {' '.join(cmd(threads))}", flush=True)
         return 0
-    return run_all(pending, root, args.jobs, threads=args.threads)
+    return run_all(pending, root, args.jobs, threads=args.threads, retries=args.retries)
 
 
 def share(jobs: int, runs_left: int) -> int | None:
@@ -161,11 +163,15 @@ def share(jobs: int, runs_left: int) -> int | None:
 
 
 def run_all(pending: list[tuple[str, Callable[[int | None], list[str]]]], root: Path, jobs: int = 1,
-            poll: float = 2.0, threads: int | None = None) -> int:
+            poll: float = 2.0, threads: int | None = None, retries: int = 1) -> int:
     """Run ``pending`` (name, command for a thread count) in order, ``jobs`` at a time, each with ``threads`` or
-    its :func:`share` of the cores; stop starting new runs once one fails or is stopped before its end, and return
-    its exit code (a stopped run: 1) after the others have ended."""
+    its :func:`share` of the cores. A run that fails is started again from its resume state, up to ``retries``
+    times (the runs are unattended for hours: one transient failure should not idle the machine until the next
+    sitting). Once a run fails for good or is stopped before its end, no new run starts; the return value is its
+    exit code (a stopped run: 1), after the others have ended."""
     running: dict[str, subprocess.Popen] = {}
+    makers = dict(pending)
+    failures: dict[str, int] = {}
 
     def stop_all(signum: int, frame: object) -> None:  # noqa: ARG001 - signal handler signature
         for child in running.values():
@@ -192,8 +198,15 @@ def run_all(pending: list[tuple[str, Callable[[int | None], list[str]]]], root: 
                     continue
                 del running[name]
                 if code != 0:
-                    print(f"[zoo] {name}: failed with exit code {code}; see {root / name / 'train.log'}", flush=True)
-                    result = result or code
+                    failures[name] = failures.get(name, 0) + 1
+                    again = failures[name] <= retries and result == 0
+                    print(f"[zoo] {name}: failed with exit code {code}; see {root / name / 'train.log'}"
+                          + (f"; starting it again from its resume state (retry {failures[name]} of {retries})"
+                             if again else ""), flush=True)
+                    if again:
+                        queue.insert(0, (name, makers[name]))
+                    else:
+                        result = result or code
                 elif not (root / name / "model.safetensors").exists():  # stopped resumably (SIGTERM)
                     print(f"[zoo] {name}: stopped before the end; run the same command again to continue", flush=True)
                     result = result or 1

@@ -118,14 +118,19 @@ def test_status_reports_a_runs_iteration_accuracy_and_forecast(tmp_path, capsys,
     assert out[last] == "not started" and out[fresh] == "started, no resume state saved yet"
 
 
-def _fake_run(root: Path, name: str, seconds: float, finish: bool = True, code: int = 0):
-    """A stand-in trainer's command for a thread count: it notes its threads and when it started and ended, then
-    writes the final checkpoint (or not)."""
+def _fake_run(root: Path, name: str, seconds: float, finish: bool = True, code: int = 0, fail_times: int | None = None):
+    """A stand-in trainer's command for a thread count: it notes its threads, each attempt, and when it started and
+    ended, then writes the final checkpoint (or not) and exits with ``code`` (only on its first ``fail_times``
+    attempts, when given; later attempts succeed)."""
     def make(threads):
+        failing = "True" if fail_times is None else f"len(tries) <= {fail_times}"
         script = (f"import time, pathlib; d = pathlib.Path({str(root / name)!r}); "
+                  f"tries = (d / 'attempts').read_text() + 'x' if (d / 'attempts').exists() else 'x'; "
+                  f"(d / 'attempts').write_text(tries); "
                   f"(d / 'start').write_text(repr(time.time())); (d / 'threads').write_text({str(threads)!r}); "
-                  f"time.sleep({seconds}); (d / 'end').write_text(repr(time.time()))"
-                  + ("; (d / 'model.safetensors').write_bytes(b'')" if finish else "") + f"; raise SystemExit({code})")
+                  f"time.sleep({seconds}); (d / 'end').write_text(repr(time.time())); failing = {failing}"
+                  + ("; (d / 'model.safetensors').write_bytes(b'') if not failing or not " + str(code) + " else None"
+                     if finish else "") + f"; raise SystemExit({code} if failing else 0)")
         return [sys.executable, "-c", script]
 
     return make
@@ -159,5 +164,21 @@ def test_a_stopped_or_failed_run_starts_no_new_one_and_is_reported(tmp_path, cap
     assert "[zoo] a: stopped before the end" in out and "[zoo] b: finished" in out  # b ran to its end
     assert not (tmp_path / "c").exists()  # c was never started
     failed = [("d", _fake_run(tmp_path, "d", 0.1, code=3)), ("e", _fake_run(tmp_path, "e", 0.1))]
-    assert train_zoo.run_all(failed, tmp_path, jobs=1, poll=0.05) == 3
-    assert "[zoo] d: failed with exit code 3" in capsys.readouterr().out and not (tmp_path / "e").exists()
+    assert train_zoo.run_all(failed, tmp_path, jobs=1, poll=0.05, retries=1) == 3
+    out = capsys.readouterr().out
+    assert out.count("[zoo] d: failed with exit code 3") == 2 and "(retry 1 of 1)" in out  # once more, then stop
+    assert (tmp_path / "d" / "attempts").read_text() == "xx" and not (tmp_path / "e").exists()
+
+
+def test_a_run_that_fails_once_is_started_again_and_the_set_goes_on(tmp_path, capsys):
+    """Two runs started together once raced for one cache file and one of them died: a retry from its resume state
+    recovers such a failure instead of leaving the machine idle until the next sitting."""
+    flaky = [("f", _fake_run(tmp_path, "f", 0.1, code=3, fail_times=1)), ("g", _fake_run(tmp_path, "g", 0.1))]
+    assert train_zoo.run_all(flaky, tmp_path, jobs=2, poll=0.05) == 0
+    out = capsys.readouterr().out
+    assert "[zoo] f: failed with exit code 3; see " in out
+    assert "train.log; starting it again from its resume state (retry 1 of 1)" in out
+    assert "[zoo] f: finished" in out and "[zoo] g: finished" in out
+    assert (tmp_path / "f" / "attempts").read_text() == "xx"
+    assert train_zoo.run_all([("h", _fake_run(tmp_path, "h", 0.1, code=3, fail_times=1))], tmp_path, poll=0.05,
+                             retries=0) == 3  # --retries 0: the first failure stops the set

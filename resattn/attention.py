@@ -37,6 +37,7 @@ __all__ = [
     "AttentionModule",
     "CHANNEL_EPS",
     "SPATIAL_EPS",
+    "FIXED_BY_ACTIVATION",
 ]
 
 Attention = Literal["mixed", "channel", "spatial"]
@@ -51,6 +52,18 @@ MASKS: tuple[str, ...] = ("hourglass", "local")
 CHANNEL_EPS = 1e-6
 #: ε added to the spatial variance (f3), the same order as BatchNorm's default. The paper gives none.
 SPATIAL_EPS = 1e-5
+#: What the activation alone fixes about a mask's two summary statistics (the mean of M and the share of its
+#: entries above 0.5, ``maps.mask_statistics``), whatever the model learned; ``tests/test_masks.py`` checks each
+#: bound. Spatial: σ(z) > ½ exactly when z > 0, i.e. when x is above its channel's mean; and for z with mean 0
+#: and E[z²] ≤ 1, |E σ(z) − ½| ≤ max_z |σ(z) − ½ − z/4| / z² ≈ 0.0332. Channel: a position's C entries have
+#: squares summing to at most 1, so at most 3 exceed 0.5, and by Cauchy–Schwarz their mean is within ±1/√C.
+FIXED_BY_ACTIVATION: dict[str, str] = {
+    "spatial": "spatial attention standardises each channel over its positions before the sigmoid, so an entry is "
+               "above 0.5 exactly when it is above its channel's mean (\"fraction > 0.5\" is the share of entries "
+               "above their channel's mean), and its mean mask lies within 0.5 ± 0.034",
+    "channel": "channel attention divides each position's C channels by their L2 norm, so at most 3 of them can "
+               "exceed 0.5 (\"fraction > 0.5\" is at most 3/C) and their mean lies within ±1/√C",
+}
 #: Number of full-resolution units in the "local convolution" mask. Table 4 says "3 residual units".
 LOCAL_UNITS = 3
 

@@ -279,3 +279,21 @@ def test_the_explorer_opens_with_the_papers_variant_of_the_photo_family(tmp_path
     chosen = at.selectbox(key="model")
     assert chosen.options[0].startswith("a_spatial")
     assert chosen.value == f"sha256:{resattn.file_hash(folder / 'b_mixed.safetensors')}"
+
+
+def test_the_statistics_the_activation_fixes_are_said_beside_the_table(mixed_row, paper_row, checkpoints,
+                                                                          monkeypatch):
+    """Spatial attention's mean mask and fraction > 0.5 sit near 0.5, channel attention's fraction near 0, by
+    construction: the page says so for the kinds it compares (and only for those)."""
+    def fixed(at) -> str:
+        found = [c.value for c in at.caption if c.value.startswith("What the activation alone fixes")]
+        return found[0] if found else ""
+
+    every = compare_page(mixed_row, monkeypatch)
+    rows = next(d.value for d in every.dataframe if "fraction > 0.5" in d.value.columns).set_index("model")
+    assert abs(rows.loc["m_spatial", "mean mask"] - 0.5) <= 0.034  # as the caption states
+    assert "within 0.5 ± 0.034" in fixed(every) and "at most 3/C" in fixed(every)
+    assert fixed(every).index("Channel attention") < fixed(every).index("Spatial attention")  # Table 1's order
+    no_spatial = fixed(compare_page(paper_row, monkeypatch))
+    assert "at most 3/C" in no_spatial and "Spatial attention" not in no_spatial
+    assert fixed(compare_page(checkpoints, monkeypatch)) == ""  # mixed models only: nothing is fixed

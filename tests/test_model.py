@@ -98,6 +98,36 @@ def test_spatial_activation_standardises_each_channel_over_positions():
     torch.testing.assert_close(MaskActivation("spatial")(x[:1]), m[:1])
 
 
+def _adversarial_logits() -> list[torch.Tensor]:
+    """Mask logits chosen to push the statistics: skewed (one hot spot per channel, exponential tails), two-valued
+    at the spot where the mean of σ(z) is furthest from ½, all-equal-sign channels, and plain noise."""
+    gen = torch.Generator().manual_seed(0)
+    spot = torch.full((1, 16, 6, 6), -1.0)
+    spot[:, :, 0, 0] = 35.0
+    two = torch.zeros(1, 16, 10, 10)
+    two.view(1, 16, -1)[:, :, :6] = 1.0  # 6% at one value, the rest at another: near the extreme of the mean
+    return [torch.randn(2, 16, 6, 6, generator=gen), torch.empty(2, 16, 6, 6).exponential_(generator=gen) * 5,
+            spot, two, torch.rand(2, 16, 6, 6, generator=gen) + 3.0, -torch.rand(2, 16, 6, 6, generator=gen) - 3.0]
+
+
+def test_what_the_spatial_and_channel_activations_fix_about_the_mask_statistics():
+    """The bounds :data:`FIXED_BY_ACTIVATION` states (the Compare page shows them beside the statistics)."""
+    from resattn.attention import FIXED_BY_ACTIVATION
+
+    for x in _adversarial_logits():
+        spatial = MaskActivation("spatial")(x)
+        above_mean = (x > x.mean(dim=(-2, -1), keepdim=True)).float()
+        assert torch.equal((spatial > 0.5).float().mean(dim=(-2, -1)), above_mean.mean(dim=(-2, -1)))
+        assert (spatial.mean(dim=(-2, -1)) - 0.5).abs().max() <= 0.0332
+        channel = MaskActivation("channel")(x)
+        c = x.shape[1]
+        assert (channel > 0.5).sum(dim=1).max() <= 3 and float((channel > 0.5).float().mean()) <= 3 / c
+        assert channel.mean(dim=1).abs().max() <= 1 / c**0.5 + 1e-6
+    # the two-valued logits come within a hair of the spatial bound: it is tight, not loose
+    assert (MaskActivation("spatial")(_adversarial_logits()[3]).mean() - 0.5).abs() > 0.03
+    assert "0.5 ± 0.034" in FIXED_BY_ACTIVATION["spatial"] and "at most 3/C" in FIXED_BY_ACTIVATION["channel"]
+
+
 def test_mixed_activation_is_the_sigmoid():
     x = torch.randn(2, 4, 3, 3)
     torch.testing.assert_close(MaskActivation("mixed")(x), torch.sigmoid(x))

@@ -15,6 +15,7 @@ import streamlit as st
 
 import resattn
 from resattn import maps, paper
+from resattn.attention import ATTENTIONS, FIXED_BY_ACTIVATION
 
 from ui import components, parts_panels, predictions, state
 
@@ -157,6 +158,7 @@ thumbs: list[Thumb] = []
 baselines: list[str] = []  # models without attention modules (the ResNet baseline of the paper's Fig. 4)
 known: dict[str, list[str]] = {}  # each model's class list -> the models that can name exactly those
 unsure: list[str] = []  # models whose top-1 probability is below their measured threshold
+kinds: set[str] = set()  # the attention types of the models with attention modules
 progress = st.progress(0.0, text="Comparing models…")
 for number, entry in enumerate(entries, start=1):
     progress.progress((number - 1) / max(len(entries), 1), text=f"Model {number} of {len(entries)}: "
@@ -188,6 +190,7 @@ for number, entry in enumerate(entries, start=1):
         thumbs.append(Thumb(name, words, maps.reduce_channels(modules[0]["mask"], "mean"), quantity,
                             components.picture_of(ctx.image, meta)))
         masks.append((entry, meta, name, modules[0]["mask"]))
+        kinds.add(overrides.get("attention", "mixed"))
     if not data.modules:
         baselines.append(name)
     rows.append(row)
@@ -210,6 +213,11 @@ st.dataframe(rows, hide_index=True, column_config={
         format="%.3f", help="Share of M's entries (every channel and position) above 0.5; the channel-mean maps "
                             "below average channels first, so few of their positions may exceed 0.5")})
 
+fixed = [f"{FIXED_BY_ACTIVATION[k][0].upper()}{FIXED_BY_ACTIVATION[k][1:]}." for k in ATTENTIONS
+         if k in kinds and k in FIXED_BY_ACTIVATION]
+if fixed:
+    st.caption("What the activation alone fixes, whatever the model learned: " + " ".join(fixed) + " Compare these "
+               "models by where their masks vary (the maps below), not by the mean mask and fraction > 0.5 columns.")
 if unsure:
     st.warning("This image may show none of the classes these models know: their top prediction is unsure: "
                + "; ".join(unsure) + ". (At most 5% of each model's own test images get a top-1 probability that "

@@ -66,7 +66,7 @@ def budget_text(meta: dict, metrics: list[dict]) -> str:
         speeds = [m["images_per_s"] for m in mine]
         span = f"epochs {mine[0]['epoch']}–{mine[-1]['epoch']}: " if len(spans) > 1 else ""
         parts.append(f"{span}{seconds:,.0f} s of training (median {statistics.median(speeds):.0f} images/s, "
-                     f"range {min(speeds):.0f}–{max(speeds):.0f}) on {machine}")
+                     f"range {min(speeds):.0f}–{max(speeds):.0f}) on {machine.replace(' 1 threads', ' 1 thread')}")
     text = "; then ".join(parts)
     per_epoch = meta["metrics"]["iterations"] / meta["epochs"]
     spanning = [m["epoch"] for m in metrics for _, b, _ in spans[1:] if (m["epoch"] - 1) * per_epoch < b < m["iteration"]]

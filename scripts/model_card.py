@@ -41,8 +41,14 @@ from resattn.train import hardware_spans  # noqa: E402
 
 def paper_text(meta: dict) -> str:
     """The paper's figure for the checkpoint's variant (error → accuracy), with a caveat where its data differ."""
-    result = resattn.paper.paper_result(*resattn.paper.variant(meta))
+    model, attention, learning, mask = resattn.paper.variant(meta)
+    result = resattn.paper.paper_result(model, attention, learning, mask)
     if result is None:
+        on_cifar = resattn.paper.paper_result("attention56_cifar", attention, learning, mask)
+        if model == "attention56_imagenet" and on_cifar is not None:
+            # the paper compares attention types and learning rules on CIFAR-10 only: say where its figure is
+            return (f"none on ImageNet for {attention} attention, {learning.upper()}: the paper compares these "
+                    f"variants on CIFAR-10 only (Attention-56 {on_cifar.accuracy:.2f}%, {on_cifar.table})")
         return "–"
     if result.dataset == "ImageNet-1k":
         classes = len(meta.get("classes", ()))

@@ -105,6 +105,12 @@ def test_an_imagenet_figure_names_the_dataset_it_is_not_comparable_with():
     assert text.startswith("78.24% top-1 on ImageNet-1k") and text.endswith("not comparable with 3 classes of `birds`")
     assert model_card.paper_text({"model": "attention56_cifar", "overrides": {"attention": "spatial"}}) == \
         "93.67% (Table 1: 6.33% error)"
+    # a photo variant the paper reports only on CIFAR-10 says so, with that figure; one it never reports gets a dash
+    assert model_card.paper_text({"model": "attention56_imagenet", "overrides": {"attention": "spatial"}}) == (
+        "none on ImageNet for spatial attention, ARL: the paper compares these variants on CIFAR-10 only "
+        "(Attention-56 93.67%, Table 1)")
+    assert model_card.paper_text({"model": "attention56_imagenet",
+                                  "overrides": {"attention": "spatial", "learning": "nal"}}) == "–"
 
 
 def test_a_card_states_its_curve_so_another_card_can_read_it_back(zoo_run, tmp_path):

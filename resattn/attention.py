@@ -58,11 +58,11 @@ SPATIAL_EPS = 1e-5
 #: and E[z²] ≤ 1, |E σ(z) − ½| ≤ max_z |σ(z) − ½ − z/4| / z² ≈ 0.0332. Channel: a position's C entries have
 #: squares summing to at most 1, so at most 3 exceed 0.5, and by Cauchy–Schwarz their mean is within ±1/√C.
 FIXED_BY_ACTIVATION: dict[str, str] = {
-    "spatial": "spatial attention standardises each channel over its positions before the sigmoid, so an entry is "
-               "above 0.5 exactly when it is above its channel's mean (\"fraction > 0.5\" is the share of entries "
-               "above their channel's mean), and its mean mask lies within 0.5 ± 0.034",
-    "channel": "channel attention divides each position's C channels by their L2 norm, so at most 3 of them can "
-               "exceed 0.5 (\"fraction > 0.5\" is at most 3/C) and their mean lies within ±1/√C",
+    "spatial": "spatial attention standardises each channel over its positions before the sigmoid, so a mask "
+               "entry is above 0.5 exactly where it is above its channel's mean, and the mask's mean lies within "
+               "0.5 ± 0.034",
+    "channel": "channel attention divides each position's C channels by their L2 norm, so at most 3 of a "
+               "position's C entries (a share of at most 3/C) can exceed 0.5, and their mean lies within ±1/√C",
 }
 #: Number of full-resolution units in the "local convolution" mask. Table 4 says "3 residual units".
 LOCAL_UNITS = 3

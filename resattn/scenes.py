@@ -20,6 +20,7 @@ from PIL import Image
 
 from . import images, maps, paper
 from . import parts as P
+from .attention import ATTENTIONS, FIXED_BY_ACTIVATION
 from .checkpoint import file_hash, load_checkpoint
 from .confidence import calibration_for
 from .inspect import inspect
@@ -243,6 +244,9 @@ def _compare(scene: Scene, res: Resources, out: Rendered) -> None:
     else:
         out.facts.append(f"Stage {stage}, module 1, channel mean, each stretched to its own range: compare shapes, "
                          "not values.")
+        kinds = {res.model(where, stem)[1].get("overrides", {}).get("attention", "mixed") for stem in view.get("models")}
+        out.facts.extend(f"Whatever the model learned, {FIXED_BY_ACTIVATION[k]}." for k in ATTENTIONS
+                         if k in kinds and k in FIXED_BY_ACTIVATION)
 
 
 def _learn(scene: Scene, res: Resources, out: Rendered) -> None:

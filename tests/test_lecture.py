@@ -3,6 +3,7 @@ from shipped checkpoints and photos), the rooms, and the Lecture page presenting
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import re
 import sys
@@ -12,7 +13,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from resattn import attribution
+import resattn
+from resattn import attribution, paper
 from resattn.lecture import (
     VIEW_FIELDS,
     LectureError,
@@ -356,3 +358,20 @@ def test_markdown_of_a_scene_text_becomes_html_with_formulas_as_pictures():
     assert 'alt="M \\approx 0"' in html
     # a formula mathtext cannot draw is shown as its source, never dropped
     assert '<code class="formula">\\unknowncommand{x}</code>' in markdown_html("$\\unknowncommand{x}$")
+
+
+def test_the_three_activations_scene_says_what_each_activation_fixes():
+    """The scene that sets mixed, channel and spatial masks side by side states, for each kind it shows, what the
+    activation alone fixes (the bounds ``tests/test_model.py`` checks), in Table 1's order."""
+    from resattn.attention import FIXED_BY_ACTIVATION
+
+    lecture = load_lecture(SHIPPED)
+    (scene,) = [s for s in lecture.scenes if s.title.startswith("Three activations")]
+    facts = render_scene(scene, Resources(ROOT / "checkpoints", lecture.folder)).facts
+    assert facts[1:] == [f"Whatever the model learned, {FIXED_BY_ACTIVATION[k]}." for k in ("channel", "spatial")]
+    # with the mixed model alone nothing is fixed, and nothing more is said
+    models = scene.view.get("models")
+    assert paper.variant(resattn.read_meta(ROOT / "checkpoints" / f"{models[0]}.safetensors"))[1] == "mixed"
+    alone = dataclasses.replace(scene, view=dataclasses.replace(scene.view, fields={**scene.view.fields,
+                                                                                      "models": models[:1]}))
+    assert len(render_scene(alone, Resources(ROOT / "checkpoints", lecture.folder)).facts) == 1

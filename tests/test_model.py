@@ -126,6 +126,7 @@ def test_what_the_spatial_and_channel_activations_fix_about_the_mask_statistics(
     # the two-valued logits come within a hair of the spatial bound: it is tight, not loose
     assert (MaskActivation("spatial")(_adversarial_logits()[3]).mean() - 0.5).abs() > 0.03
     assert "0.5 ± 0.034" in FIXED_BY_ACTIVATION["spatial"] and "at most 3/C" in FIXED_BY_ACTIVATION["channel"]
+    assert "above its channel's mean" in FIXED_BY_ACTIVATION["spatial"] and "±1/√C" in FIXED_BY_ACTIVATION["channel"]
 
 
 def test_mixed_activation_is_the_sigmoid():

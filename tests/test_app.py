@@ -384,7 +384,7 @@ def test_compare_page_puts_a_comparable_pair_beside_the_papers_table_3(tmp_path,
     assert list(summary["test error (%)"]) == pytest.approx([8.0, 10.0])
     (pair,) = [m.value for m in at.markdown if "Table 3: ARL vs NAL" in m.value]
     assert pair == ("- **Table 3: ARL vs NAL**: `mixed_arl` vs `mixed_nal`; error gap in the paper 0.37 points, "
-                    "here 2.00: **same order as the paper, beyond test-set noise; one seed each**")
+                    "here 2.00 points: **same order as the paper, beyond test-set noise; one seed each**")
     assert any("Seed-to-seed spread is not in it" in c.value for c in at.caption)
 
 

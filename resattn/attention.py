@@ -53,7 +53,7 @@ CHANNEL_EPS = 1e-6
 #: ε added to the spatial variance (f3), the same order as BatchNorm's default. The paper gives none.
 SPATIAL_EPS = 1e-5
 #: What the activation alone fixes about a mask's two summary statistics (the mean of M and the share of its
-#: entries above 0.5, ``maps.mask_statistics``), whatever the model learned; ``tests/test_masks.py`` checks each
+#: entries above 0.5, ``maps.mask_statistics``), whatever the model learned; ``tests/test_model.py`` checks each
 #: bound. Spatial: σ(z) > ½ exactly when z > 0, i.e. when x is above its channel's mean; and for z with mean 0
 #: and E[z²] ≤ 1, |E σ(z) − ½| ≤ max_z |σ(z) − ½ − z/4| / z² ≈ 0.0332. Channel: a position's C entries have
 #: squares summing to at most 1, so at most 3 exceed 0.5, and by Cauchy–Schwarz their mean is within ±1/√C.

@@ -228,8 +228,10 @@ def _compare(scene: Scene, res: Resources, out: Rendered) -> None:
         return
     image, label = res.image(where, view.get("image"))
     stage = view.get("stage")
+    kinds = set()  # the attention types shown, for what their activations fix
     for stem in view.get("models"):
         model, meta, _ = res.model(where, stem)
+        kinds.add(paper.variant(meta)[1])
         trace = inspect(model, Preprocessing.from_meta(meta)(image))
         if show == "fig4":
             out.table.append({"model": stem, **{f"stage {s}": round(maps.mean_abs_response(t[0]), 3)
@@ -244,7 +246,6 @@ def _compare(scene: Scene, res: Resources, out: Rendered) -> None:
     else:
         out.facts.append(f"Stage {stage}, module 1, channel mean, each stretched to its own range: compare shapes, "
                          "not values.")
-        kinds = {res.model(where, stem)[1].get("overrides", {}).get("attention", "mixed") for stem in view.get("models")}
         out.facts.extend(f"Whatever the model learned, {FIXED_BY_ACTIVATION[k]}." for k in ATTENTIONS
                          if k in kinds and k in FIXED_BY_ACTIVATION)
 

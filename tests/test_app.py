@@ -396,6 +396,9 @@ def test_learn_page_equations_architecture_path_and_knockout(app):
     assert "unverified" in warning and "no padding" in warning
     text = "\n".join(m.value for m in at.markdown)
     assert "M(x) ∈ [−1, 1]" in text and "[0, 2] for channel attention" in text
+    fixed = "\n".join(i.value for i in at.info)
+    assert "fixes nothing" in fixed and "exactly where it is above its channel's mean" in fixed
+    assert "at most 3 of a position's C entries" in fixed and "the activation's doing" in fixed
     assert "Attention-56 ARL 5.52, NAL 5.89; Attention-92 ARL 4.99, NAL 5.35" in text
     assert "Attention-164 ARL 4.31, NAL 7.18" in text
     assert "by 0.37 points at Attention-56 and 2.87 at Attention-164" in text

@@ -6,7 +6,7 @@ import numpy as np
 import streamlit as st
 
 from resattn import maps, paper
-from resattn.attention import CHANNEL_EPS, SPATIAL_EPS
+from resattn.attention import CHANNEL_EPS, FIXED_BY_ACTIVATION, SPATIAL_EPS
 
 from ui import components, faithful_panels, predictions, state
 
@@ -54,6 +54,13 @@ with a3:
     st.markdown("**Spatial, f₃**")
     st.latex(r"f_3(x_{i,c}) = \frac{1}{1 + e^{-z_{i,c}}}")
     st.latex(r"z_{i,c} = \frac{x_{i,c} - \mathrm{mean}_c}{\sqrt{\mathrm{var}_c + \varepsilon_3}}")
+# What the activation itself fixes, whatever the weights (resattn.attention, bounds checked in tests/test_model.py):
+# a learned mask's mean or share above 0.5 tells something about the model only where the activation leaves it free.
+st.info("**What the activation fixes before any training.** Mixed attention (f₁) is a sigmoid on each entry and "
+        "fixes nothing: every entry can be anywhere in (0, 1). "
+        + " ".join(f"{FIXED_BY_ACTIVATION[k][0].upper()}{FIXED_BY_ACTIVATION[k][1:]}." for k in ("spatial", "channel"))
+        + " So a spatial mask's mean near 0.5, or a channel mask's small share above 0.5, is the activation's "
+          "doing, not something the model learned.")
 st.warning(
     "**What the paper leaves unspecified: choices made here** (the paper is silent on these)\n\n"
     f"- f₂: ε₂ = {CHANNEL_EPS:g} inside the norm (the paper gives none). f₂ is **not** in [0, 1]: values lie in "

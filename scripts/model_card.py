@@ -70,14 +70,18 @@ def budget_text(meta: dict, metrics: list[dict]) -> str:
             continue
         seconds = sum(m["epoch_seconds"] for m in mine)
         speeds = [m["images_per_s"] for m in mine]
-        span = f"epochs {mine[0]['epoch']}–{mine[-1]['epoch']}: " if len(spans) > 1 else ""
+        first, last = mine[0]["epoch"], mine[-1]["epoch"]
+        span = "" if len(spans) == 1 else f"epoch {first}: " if first == last else f"epochs {first}–{last}: "
         parts.append(f"{span}{seconds:,.0f} s of training (median {statistics.median(speeds):.0f} images/s, "
                      f"range {min(speeds):.0f}–{max(speeds):.0f}) on {machine.replace(' 1 threads', ' 1 thread')}")
     text = "; then ".join(parts)
     per_epoch = meta["metrics"]["iterations"] / meta["epochs"]
     spanning = [m["epoch"] for m in metrics for _, b, _ in spans[1:] if (m["epoch"] - 1) * per_epoch < b < m["iteration"]]
-    if len(spans) > 1 and spanning:
+    if len(spans) == 2 and spanning:
         text += f" (epoch {spanning[0]} began on the first machine and ended on the next)"
+    elif spanning:
+        text += (f" (epoch{'s' if len(spanning) > 1 else ''} {', '.join(map(str, spanning))} began on one machine "
+                 "and ended on the next)")
     return text
 
 

@@ -86,6 +86,14 @@ def test_the_budget_of_a_run_moved_between_machines_is_given_per_machine():
     # the trainer stores "1 threads" (kept, so a resumed run's machine compares equal); the card says "1 thread"
     single = {"hardware": "CPU x86_64, 2 cores, 1 threads; torch 2.14", "epochs": 4.0, "metrics": {"iterations": 40}}
     assert model_card.budget_text(single, metrics).endswith("on CPU x86_64, 2 cores, 1 thread; torch 2.14")
+    # three spans: a one-epoch span says "epoch 3", and every epoch that straddles a move is named
+    moved = {"hardware": "", "epochs": 4.0, "metrics": {"iterations": 40},
+             "hardware_log": [{"hardware": "A", "from_iteration": 0}, {"hardware": "B", "from_iteration": 25},
+                              {"hardware": "A", "from_iteration": 35}]}
+    assert model_card.budget_text(moved, metrics) == (
+        "epochs 1–2: 4 s of training (median 5100 images/s, range 5000–5200) on A; then epoch 3: 60 s of training "
+        "(median 190 images/s, range 190–190) on B; then epoch 4: 50 s of training (median 210 images/s, range "
+        "210–210) on A (epochs 3, 4 began on one machine and ended on the next)")
     one = {"hardware": "CPU", "epochs": 4.0, "metrics": {"iterations": 40}}
     assert model_card.budget_text(one, metrics) == "114 s of training (median 2605 images/s, range 190–5200) on CPU"
 

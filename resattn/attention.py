@@ -18,7 +18,7 @@ residual units at full resolution (the paper's Table 4 ablation).
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Literal
 
 import torch
@@ -38,6 +38,7 @@ __all__ = [
     "CHANNEL_EPS",
     "SPATIAL_EPS",
     "FIXED_BY_ACTIVATION",
+    "fixed_by_activation",
 ]
 
 Attention = Literal["mixed", "channel", "spatial"]
@@ -64,6 +65,16 @@ FIXED_BY_ACTIVATION: dict[str, str] = {
     "channel": "channel attention divides each position's C channels by their L2 norm, so at most 3 of a "
                "position's C entries (a share of at most 3/C) can exceed 0.5, and their mean lies within ±1/√C",
 }
+
+
+def fixed_by_activation(kinds: Iterable[str]) -> list[str]:
+    """:data:`FIXED_BY_ACTIVATION`'s statements for the attention types in ``kinds``, as sentences, in the order
+    of :data:`ATTENTIONS`; mixed attention fixes nothing and has none."""
+    wanted = set(kinds)
+    return [f"{FIXED_BY_ACTIVATION[k][0].upper()}{FIXED_BY_ACTIVATION[k][1:]}." for k in ATTENTIONS
+            if k in wanted and k in FIXED_BY_ACTIVATION]
+
+
 #: Number of full-resolution units in the "local convolution" mask. Table 4 says "3 residual units".
 LOCAL_UNITS = 3
 

@@ -63,7 +63,7 @@ def test_the_cifar_set_shares_one_recipe_seed_and_budget():
 def test_the_photo_family_shares_one_recipe_seed_and_budget():
     """Issue 26: the photo models differ only in attention type, so the Compare page, Figure 1's ``--types`` and the
     lecture contrast attention types on photos as the paper does on CIFAR-10 (Table 1)."""
-    photos = [resattn.read_meta(p) for p in SHIPPED if Preprocessing.from_meta(resattn.read_meta(p)).size >= 128]
+    photos = [m for m in map(resattn.read_meta, SHIPPED) if Preprocessing.from_meta(m).size >= 128]
     assert ("attention56_imagenet", "mixed", "arl") in {paper.variant(m)[:3] for m in photos}
     assert len({paper.budget_key(m) for m in photos}) == 1, [m.get("recipe") for m in photos]
     assert len({m["seed"] for m in photos}) == 1

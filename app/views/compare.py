@@ -15,7 +15,7 @@ import streamlit as st
 
 import resattn
 from resattn import maps, paper
-from resattn.attention import ATTENTIONS, FIXED_BY_ACTIVATION
+from resattn.attention import fixed_by_activation
 
 from ui import components, parts_panels, predictions, state
 
@@ -213,8 +213,7 @@ st.dataframe(rows, hide_index=True, column_config={
         format="%.3f", help="Share of M's entries (every channel and position) above 0.5; the channel-mean maps "
                             "below average channels first, so few of their positions may exceed 0.5")})
 
-fixed = [f"{FIXED_BY_ACTIVATION[k][0].upper()}{FIXED_BY_ACTIVATION[k][1:]}." for k in ATTENTIONS
-         if k in kinds and k in FIXED_BY_ACTIVATION]
+fixed = fixed_by_activation(kinds)
 if fixed:
     st.caption("What the activation alone fixes, whatever the model learned: " + " ".join(fixed) + " Compare these "
                "models by where their masks vary (the maps below), not by the mean mask and fraction > 0.5 columns.")

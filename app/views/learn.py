@@ -6,7 +6,7 @@ import numpy as np
 import streamlit as st
 
 from resattn import maps, paper
-from resattn.attention import CHANNEL_EPS, FIXED_BY_ACTIVATION, SPATIAL_EPS
+from resattn.attention import ATTENTIONS, CHANNEL_EPS, SPATIAL_EPS, fixed_by_activation
 
 from ui import components, faithful_panels, predictions, state
 
@@ -58,7 +58,7 @@ with a3:
 # a learned mask's mean or share above 0.5 tells something about the model only where the activation leaves it free.
 st.info("**What the activation fixes before any training.** Mixed attention (f₁) is a sigmoid on each entry and "
         "fixes nothing: every entry can be anywhere in (0, 1). "
-        + " ".join(f"{FIXED_BY_ACTIVATION[k][0].upper()}{FIXED_BY_ACTIVATION[k][1:]}." for k in ("spatial", "channel"))
+        + " ".join(fixed_by_activation(ATTENTIONS))
         + " So a spatial mask's mean near 0.5, or a channel mask's small share above 0.5, is the activation's "
           "doing, not something the model learned.")
 st.warning(

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import shutil
 import statistics
 import sys
@@ -57,12 +58,31 @@ def paper_text(meta: dict) -> str:
     return result.describe()
 
 
+#: The thread count in a CPU run's hardware string (``resattn.train.environment.hardware``: "…, 2 cores, 1 threads").
+_THREADS = re.compile(r", (\d+) threads?\b")
+
+
+def _threads_only(machines: list[str]) -> str | None:
+    """The machine, without its thread count, when ``machines`` differ in nothing else (a run resumed on the same
+    computer with another thread count); else ``None``."""
+    bare = {_THREADS.sub("", machine) for machine in machines}
+    return bare.pop() if len(bare) == 1 and all(_THREADS.search(m) for m in machines) else None
+
+
+def _thread_words(machine: str) -> str:
+    count = int(_THREADS.search(machine).group(1))  # type: ignore[union-attr]
+    return f"{count} thread{'' if count == 1 else 's'}"
+
+
 def budget_text(meta: dict, metrics: list[dict]) -> str:
     """Training time, speed and machine: per machine when the run was resumed on another one (its checkpoint's
-    ``hardware_log``), with the epochs each trained, since speeds on a GPU and a CPU mean nothing averaged. The
-    median epoch speed leads, so one epoch slowed by other work on the machine shows in the range, not the figure."""
+    ``hardware_log``), with the epochs each trained, since speeds on a GPU and a CPU mean nothing averaged. A run
+    that stayed on one computer but changed its thread count between sittings names the computer once and the
+    thread count of each span. The median epoch speed leads, so one epoch slowed by other work on the machine
+    shows in the range, not the figure."""
     history = meta.get("hardware_log") or [{"hardware": meta["hardware"], "from_iteration": 0}]
     spans = hardware_spans(history, meta["metrics"]["iterations"])
+    computer = _threads_only([machine for machine, _, _ in spans]) if len(spans) > 1 else None
     parts = []
     for machine, start, end in spans:
         mine = [m for m in metrics if start < m["iteration"] <= end] if len(spans) > 1 else metrics
@@ -72,16 +92,20 @@ def budget_text(meta: dict, metrics: list[dict]) -> str:
         speeds = [m["images_per_s"] for m in mine]
         first, last = mine[0]["epoch"], mine[-1]["epoch"]
         span = "" if len(spans) == 1 else f"epoch {first}: " if first == last else f"epochs {first}–{last}: "
+        where = f"with {_thread_words(machine)}" if computer else f"on {machine.replace(' 1 threads', ' 1 thread')}"
         parts.append(f"{span}{seconds:,.0f} s of training (median {statistics.median(speeds):.0f} images/s, "
-                     f"range {min(speeds):.0f}–{max(speeds):.0f}) on {machine.replace(' 1 threads', ' 1 thread')}")
+                     f"range {min(speeds):.0f}–{max(speeds):.0f}) {where}")
     text = "; then ".join(parts)
+    if computer:
+        text = f"on {computer}, with the thread count changed between sittings: {text}"
     per_epoch = meta["metrics"]["iterations"] / meta["epochs"]
     spanning = [m["epoch"] for m in metrics for _, b, _ in spans[1:] if (m["epoch"] - 1) * per_epoch < b < m["iteration"]]
+    on, setting = ("with", "thread count") if computer else ("on", "machine")
     if len(spans) == 2 and spanning:
-        text += f" (epoch {spanning[0]} began on the first machine and ended on the next)"
+        text += f" (epoch {spanning[0]} began {on} the first {setting} and ended {on} the next)"
     elif spanning:
-        text += (f" (epoch{'s' if len(spanning) > 1 else ''} {', '.join(map(str, spanning))} began on one machine "
-                 "and ended on the next)")
+        text += (f" (epoch{'s' if len(spanning) > 1 else ''} {', '.join(map(str, spanning))} began {on} one "
+                 f"{setting} and ended {on} the next)")
     return text
 
 

@@ -190,3 +190,24 @@ def test_against_a_checkpoint_without_a_card_or_of_other_data_is_refused(zoo_run
     with pytest.raises(SystemExit):
         model_card.main(["--zoo", NAME, "--zoo-root", str(zoo), "--data", data, "--against", str(tmp_path / "no")])
     assert "no such checkpoint" in capsys.readouterr().err
+
+
+def test_a_run_that_only_changed_its_thread_count_names_the_computer_once():
+    """A run resumed on the same computer with another thread count (train_zoo's --jobs 1 and --jobs 2 sittings):
+    the card names the computer once and each span's threads, and does not call the change a move of machine."""
+    metrics = [{"epoch": e, "iteration": 10 * e, "epoch_seconds": 50.0, "images_per_s": v}
+               for e, v in [(1, 20), (2, 12), (3, 12), (4, 21)]]
+    two, one = "CPU x86_64, 2 cores, 2 threads; torch 2.14", "CPU x86_64, 2 cores, 1 threads; torch 2.14"
+    meta = {"hardware": "", "epochs": 4.0, "metrics": {"iterations": 40},
+            "hardware_log": [{"hardware": two, "from_iteration": 0}, {"hardware": one, "from_iteration": 15},
+                             {"hardware": two, "from_iteration": 30}]}
+    assert model_card.budget_text(meta, metrics) == (
+        "on CPU x86_64, 2 cores; torch 2.14, with the thread count changed between sittings: epoch 1: 50 s of "
+        "training (median 20 images/s, range 20–20) with 2 threads; then epochs 2–3: 100 s of training (median 12 "
+        "images/s, range 12–12) with 1 thread; then epoch 4: 50 s of training (median 21 images/s, range 21–21) "
+        "with 2 threads (epoch 2 began with one thread count and ended with the next)")
+    # another computer as well is a move of machine, named in full
+    moved = {**meta, "hardware_log": [{"hardware": two, "from_iteration": 0},
+                                      {"hardware": two.replace("x86_64", "arm64"), "from_iteration": 15}]}
+    assert "(epoch 2 began on the first machine and ended on the next)" in model_card.budget_text(moved, metrics)
+

@@ -18,7 +18,8 @@ import numpy as np
 
 __all__ = ["PaperResult", "Contrast", "ContrastRow", "RESULTS", "CONTRASTS", "PHOTO_CONTRASTS", "paper_result",
            "variant", "contrasts", "test_images", "budget_key", "summary_rows", "tables_words", "paper_gaps",
-           "paired_comparison", "Outcomes", "SIGNIFICANCE", "ATTENTION_ORDER", "variant_rank", "p_words"]
+           "paired_comparison", "Outcomes", "SIGNIFICANCE", "ATTENTION_ORDER", "variant_rank", "p_words",
+           "unpaired_noise", "against_paper"]
 
 #: McNemar's p below which a paired gap counts as beyond test-set noise.
 SIGNIFICANCE = 0.05
@@ -288,7 +289,8 @@ def contrasts(checkpoints: Mapping[str, Mapping[str, Any]],
     the two models' mistakes overlap, as they usually do, the true sampling error of the gap is smaller.
     Seed-to-seed spread, which one seed per variant cannot measure, comes on top. Where ``outcomes`` (name →
     :class:`Outcomes`) holds both checkpoints' results on the same images, the row also carries their
-    :func:`paired_comparison`, and its noise is two paired standard errors.
+    :func:`paired_comparison`, and its noise is two paired standard errors. A pair that differs in more than the
+    variant is listed, as not comparable, only when no comparable pair answers the same comparison.
     """
     outcomes = outcomes or {}
     photo_models = {c.model for c in PHOTO_CONTRASTS}
@@ -296,6 +298,7 @@ def contrasts(checkpoints: Mapping[str, Mapping[str, Any]],
                and (_is_cifar10(meta) or variant(meta)[0] in photo_models)}
     rows = []
     for contrast in CONTRASTS + PHOTO_CONTRASTS:
+        found: list[ContrastRow] = []
         firsts = [n for n, m in trained.items() if variant(m) == (contrast.model, *contrast.a)]
         seconds = [n for n, m in trained.items() if variant(m) == (contrast.model, *contrast.b)]
         for name_a in firsts:
@@ -305,16 +308,49 @@ def contrasts(checkpoints: Mapping[str, Mapping[str, Any]],
                 assert p_a is not None and p_b is not None
                 reason = _difference(meta_a, meta_b)
                 n_a, n_b = test_images(meta_a), test_images(meta_b)
-                noise = (None if not n_a or not n_b else
-                         200 * math.sqrt(p_a * (1 - p_a) / n_a + p_b * (1 - p_b) / n_b))
+                noise = None if not n_a or not n_b else unpaired_noise(p_a, n_a, p_b, n_b)
                 paired = None
                 found_a, found_b = outcomes.get(name_a), outcomes.get(name_b)
                 if found_a is not None and found_b is not None and found_a.images == found_b.images:
                     paired = paired_comparison(found_a.correct, found_b.correct)
                     noise = 2 * paired["gap_se_points"]
-                rows.append(ContrastRow(contrast, name_a, name_b, 100 * (1 - p_a), 100 * (1 - p_b),
-                                        comparable=not reason, reason=reason, noise=noise, paired=paired))
+                found.append(ContrastRow(contrast, name_a, name_b, 100 * (1 - p_a), 100 * (1 - p_b),
+                                         comparable=not reason, reason=reason, noise=noise, paired=paired))
+        # a checkpoint trained another way (the paper's recipe beside the fast set) makes pairs that compare
+        # budgets, not variants: say so only where no pair answers the comparison
+        rows += [r for r in found if r.comparable] or found
     return rows
+
+
+def unpaired_noise(p_a: float, n_a: int, p_b: float, n_b: int) -> float:
+    """Two standard errors (points) of the gap between accuracies ``p_a`` and ``p_b`` (fractions) measured on
+    ``n_a`` and ``n_b`` test images, counted as independent samples: √(p_a(1−p_a)/n_a + p_b(1−p_b)/n_b)."""
+    return 200 * math.sqrt(p_a * (1 - p_a) / n_a + p_b * (1 - p_b) / n_b)
+
+
+def _as_the_paper_built(meta: Mapping[str, Any]) -> bool:
+    """Whether a checkpoint is its variant as the paper builds it: full width and trained from scratch (not
+    fine-tuned from another checkpoint)."""
+    width = _mapping(meta.get("overrides")).get("width_mult", _mapping(meta.get("recipe")).get("width_mult", 1.0))
+    return width == 1.0 and not meta.get("init_from")
+
+
+def against_paper(meta: Mapping[str, Any]) -> str | None:
+    """For a checkpoint trained with the paper's own recipe (``--recipe paper``), as the paper builds it, on
+    CIFAR-10: how far its final-epoch accuracy lies from the paper's figure for its variant, and whether that is
+    beyond test-set noise (:func:`unpaired_noise`: the paper's per-image results are not published, so no paired
+    test). ``None`` for any other checkpoint: a shorter recipe's gap to the paper measures the budget."""
+    top1, result, n = _top1(meta), paper_result(*variant(meta)), test_images(meta)
+    if (_mapping(meta.get("recipe")).get("recipe") != "paper" or top1 is None or result is None or not n
+            or result.dataset != "CIFAR-10" or not _is_cifar10(meta) or not _as_the_paper_built(meta)):
+        return None
+    gap = 100 * top1 - result.accuracy
+    noise = unpaired_noise(top1, n, result.accuracy / 100, _CIFAR10_TEST)
+    if abs(gap) < noise:
+        return (f"{100 * top1:.2f}% against the paper's {result.accuracy:.2f}%: within test-set noise (|gap| "
+                f"{abs(gap):.2f} < {noise:.2f} points, two standard errors), so it reproduces {result.table}")
+    return (f"{abs(gap):.2f} points {'below' if gap < 0 else 'above'} the paper's {result.accuracy:.2f}% "
+            f"({result.table}), beyond test-set noise (two standard errors of the gap: {noise:.2f} points)")
 
 
 def summary_rows(checkpoints: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -326,8 +362,7 @@ def summary_rows(checkpoints: Mapping[str, Mapping[str, Any]]) -> list[dict[str,
         top1, result = _top1(meta), paper_result(*variant(meta))
         if top1 is None or result is None or result.dataset != "CIFAR-10" or not _is_cifar10(meta):
             continue
-        width = _mapping(meta.get("overrides")).get("width_mult", _mapping(meta.get("recipe")).get("width_mult", 1.0))
-        if width != 1.0 or meta.get("init_from"):
+        if not _as_the_paper_built(meta):
             continue
         rows.append({"checkpoint": name, "epochs": meta.get("epochs"), "test error (%)": 100 * (1 - top1),
                      "paper error (%)": result.error, "paper table": result.table})

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import train_zoo  # noqa: E402
 from resattn.evaluate import compare_checkpoints, evaluate_checkpoint  # noqa: E402
 from resattn.preprocess import Preprocessing  # noqa: E402
-from resattn.train import hardware_spans  # noqa: E402
+from resattn.train import hardware_spans, step_milestones  # noqa: E402
 
 def paper_text(meta: dict) -> str:
     """The paper's figure for the checkpoint's variant (error → accuracy), with a caveat where its data differ."""
@@ -236,7 +236,7 @@ def card(run: Path, data: str, name: str, cache_dir: str | None, command: str | 
                  + (f" (test loss {result['loss']:.3f})" if half else ""))
     learning_text = "attention residual learning, H = (1 + M)·T" if learning == "arl" else "naive attention learning, H = M·T"
     width = f", width ×{overrides['width_mult']}" if overrides.get("width_mult", 1.0) != 1.0 else ""
-    paper = paper_text(meta)
+    paper = paper_text(meta) + (f"; this run: {gap}" if (gap := resattn.paper.against_paper(meta)) else "")
     per_class = ", ".join(f"{c} {100 * a:.1f}" for c, a in result["per_class"].items())
     curve = ", ".join(f"{m['epoch']}: {100 * m['test_top1']:.2f}" for m in metrics)
     lines = [
@@ -256,14 +256,17 @@ def card(run: Path, data: str, name: str, cache_dir: str | None, command: str | 
         + (f"the {prep.size}×{prep.size} image as it is" if prep.resize == prep.size else
            f"shorter side resized to {prep.resize}, centre crop (training: random-resized crops, smallest area "
            f"{recipe.get('crop_scale', 0.08)}, and flips)")
-        + f"; normalised with mean {[round(v, 3) for v in prep.mean]}, std {[round(v, 3) for v in prep.std]} |",
+        + (f"; minus the training set's per-pixel mean image (the paper's CIFAR recipe; its channel averages "
+           f"{[round(v, 3) for v in prep.mean]}), not divided by a std |" if prep.mean_image is not None else
+           f"; normalised with mean {[round(v, 3) for v in prep.mean]}, std {[round(v, 3) for v in prep.std]} |"),
         f"| recipe | `{recipe['recipe']}`: Nesterov SGD momentum 0.9, batch {recipe['batch_size']}, "
         + (f"one-cycle to lr {recipe['lr']} ({int(100 * recipe['warmup'])}% warm-up, cosine to 0)"
-           if recipe["schedule"] == "onecycle" else f"lr {recipe['lr']} ÷10 at {recipe['milestones']}")
+           if recipe["schedule"] == "onecycle" else f"lr {recipe['lr']} ÷10 at iterations "
+           + " and ".join(f"{m:,}" for m in step_milestones(recipe["milestones"], meta["metrics"]["iterations"])))
         + f", weight decay {recipe['weight_decay']} on "
         + ("conv/FC weights only" if recipe.get("weight_decay_scope") == "weights" else "every parameter")
         + f", label smoothing {recipe['label_smoothing']}; seed {meta['seed']} |",
-        f"| budget | **{meta['epochs']:g} epochs** ({meta['metrics']['iterations']} iterations): "
+        f"| budget | **{meta['epochs']:g} epochs** ({meta['metrics']['iterations']:,} iterations): "
         f"{budget_text(meta, metrics)}{partial_text} |",
         f"| result | **{100 * recorded:.2f}% final-epoch test top-1** (test loss {meta['metrics']['test_loss']:.3f}); "
         f"{file_text} |",

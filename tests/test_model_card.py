@@ -211,3 +211,22 @@ def test_a_run_that_only_changed_its_thread_count_names_the_computer_once():
                                       {"hardware": two.replace("x86_64", "arm64"), "from_iteration": 15}]}
     assert "(epoch 2 began on the first machine and ended on the next)" in model_card.budget_text(moved, metrics)
 
+
+def test_a_paper_recipe_card_states_the_per_pixel_mean_and_its_milestones(zoo_run, tmp_path):
+    """Issue 27's card: the paper's recipe subtracts the training set's mean image and divides the learning rate at
+    iterations scaled to the run (64k and 96k of 160k; 4 and 6 of a 10-iteration run)."""
+    _, data = zoo_run
+    train(TrainConfig(model="attention56_cifar", recipe="paper", width_mult=0.125, batch_size=8, iterations=10,
+                      eval_batch_size=16, threads=1, progress="none", data=data, out=str(tmp_path / "run"),
+                      state_dir=str(tmp_path / "state")))
+    out = tmp_path / "checkpoints"
+    out.mkdir()
+    assert model_card.main([str(tmp_path / "run"), "--name", "paper_run", "--data", data, "--out-dir", str(out)]) == 0
+    card = (out / "paper_run.md").read_text()
+    assert "minus the training set's per-pixel mean image (the paper's CIFAR recipe" in card
+    assert "normalised with mean" not in card
+    assert "`paper`: Nesterov SGD momentum 0.9, batch 8, lr 0.1 ÷10 at iterations 4 and 6, weight decay 0.0001 on " \
+           "every parameter" in card
+    assert "(10 iterations)" in card
+    # width ×0.125 is not the paper's variant: its figure is given, no claim about reproducing it
+    assert "| paper | 94.48% (Table 1: 5.52% error) |" in card

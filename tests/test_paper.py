@@ -194,3 +194,34 @@ def test_recorded_per_image_results_make_the_verdict_mcnemars_test():
     assert swapped.verdict().startswith("opposite order to the paper, beyond test-set noise (McNemar's p = ")
     (same,) = paper.contrasts(metas, {"arl": outcomes["arl"], "nal": outcomes["arl"]})
     assert same.verdict() == "within test-set noise (McNemar's p = 1)"
+
+
+def test_a_paper_recipe_run_beside_the_fast_set_adds_no_pair_that_compares_budgets():
+    """Issue 27: the paper-recipe mixed model ships beside the fast set; each of the paper's comparisons is answered
+    by the fast pair, and a pair across recipes is listed (as not comparable) only where nothing else answers."""
+    paper_run = meta(recipe="paper", epochs=204.8, lr=0.1, batch_size=64)
+    rows = paper.contrasts({"fast_mixed": meta(), "channel": meta("channel"), "paper_mixed": paper_run})
+    assert [(r.a, r.b, r.comparable) for r in rows] == [("fast_mixed", "channel", True)]
+    (alone,) = paper.contrasts({"channel": meta("channel"), "paper_mixed": paper_run})
+    assert not alone.comparable and alone.reason == "different budgets (204.8 vs 80 epochs)"
+
+
+def test_only_a_paper_recipe_run_is_set_against_the_papers_figure():
+    exact = meta(top1=0.9448, recipe="paper", epochs=204.8)
+    assert paper.against_paper(exact) == ("94.48% against the paper's 94.48%: within test-set noise (|gap| 0.00 < "
+                                          f"{paper.unpaired_noise(0.9448, 10_000, 0.9448, 10_000):.2f} points, two "
+                                          "standard errors), so it reproduces Table 1")
+    noise = paper.unpaired_noise(0.93, 10_000, 0.9448, 10_000)
+    assert noise == pytest.approx(200 * math.sqrt(0.93 * 0.07 / 1e4 + 0.9448 * 0.0552 / 1e4))
+    assert paper.against_paper(meta(top1=0.93, recipe="paper")) == (
+        f"1.48 points below the paper's 94.48% (Table 1), beyond test-set noise (two standard errors of the gap: "
+        f"{noise:.2f} points)")
+    above = paper.against_paper(meta("spatial", top1=0.9500, recipe="paper"))
+    assert above is not None and above.startswith("1.33 points above the paper's 93.67%")
+    # a shorter recipe's gap measures its budget; a narrow, fine-tuned, photo or test-limited model is not the
+    # paper's variant on the paper's test set
+    assert paper.against_paper(meta(top1=0.93)) is None
+    assert paper.against_paper({**meta(recipe="paper"), "overrides": {"width_mult": 0.5}}) is None
+    assert paper.against_paper({**meta(recipe="paper"), "init_from": {"checkpoint": "x"}}) is None
+    assert paper.against_paper(meta(recipe="paper", dataset="imagenette")) is None
+    assert paper.against_paper(meta(recipe="paper", test_limit=500)) is None

@@ -41,10 +41,10 @@ from .cli import build_parser, main
 from .environment import Runtime, hardware, hardware_spans, hardware_summary, setup_runtime
 from .evaluation import evaluate_model
 from .loop import Diverged, end_epoch, epoch_steps, finish, public_recipe, run_steps, train
-from .recipes import RECIPES, TRAIN_ONLY, TrainConfig, lr_at
+from .recipes import RECIPES, TRAIN_ONLY, TrainConfig, lr_at, step_milestones
 from .state import load_state, save_state, state_info
 
 __all__ = [
     "TrainConfig", "RECIPES", "Diverged", "TRAIN_ONLY", "Run", "EpochCallback", "MaskSnapshots", "prepare", "epoch_steps", "end_epoch",
-    "finish", "train", "run_steps", "main", "lr_at", "evaluate_model", "frozen_parts", "select_classes",
+    "finish", "train", "run_steps", "main", "lr_at", "step_milestones", "evaluate_model", "frozen_parts", "select_classes",
 ]

@@ -12,12 +12,17 @@ from typing import Any
 
 from ..checkpoint import read_meta
 
-__all__ = ["RECIPES", "TRAIN_ONLY", "RANGES", "TrainConfig", "check_value", "lr_at"]
+__all__ = ["RECIPES", "TRAIN_ONLY", "RANGES", "PAPER_ITERATIONS", "TrainConfig", "check_value", "lr_at",
+           "step_milestones"]
+
+#: The length of the paper's CIFAR schedule (iterations of batch 64), for which its milestones are stated.
+PAPER_ITERATIONS = 160_000
+
 
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": dict(
         batch_size=64, lr=0.1, weight_decay=1e-4, schedule="step", milestones=(64_000, 96_000),
-        iterations=160_000, epochs=None, label_smoothing=0.0, per_pixel_mean=True, warmup=0.0,
+        iterations=PAPER_ITERATIONS, epochs=None, label_smoothing=0.0, per_pixel_mean=True, warmup=0.0,
         weight_decay_scope="all",
     ),
     "fast": dict(
@@ -154,12 +159,17 @@ class TrainConfig:
         return TrainConfig(**values)
 
 
+def step_milestones(milestones: tuple[int, ...] | list[int], total: int) -> list[int]:
+    """The iterations at which the step schedule divides the learning rate by 10 in a run of ``total``
+    iterations: the paper's milestones (64k and 96k of 160k) scaled to the run's length, so a short run keeps
+    the schedule's shape."""
+    return [round(m * total / PAPER_ITERATIONS) for m in milestones]
+
+
 def lr_at(config: TrainConfig, iteration: int, total: int) -> float:
     """The learning rate at ``iteration`` (0-based) of ``total``: a pure function, so resume needs no state."""
     if config.schedule == "step":
-        # the paper's milestones are for batch 64 and 160k iterations; scale them to the run's length
-        scale = total / 160_000 if config.iterations != 160_000 else 1.0
-        drops = sum(iteration >= round(m * scale) for m in config.milestones)
+        drops = sum(iteration >= m for m in step_milestones(config.milestones, total))
         return config.lr * (0.1**drops)
     warm = max(1, int(config.warmup * total))
     if iteration < warm:

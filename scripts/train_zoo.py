@@ -78,7 +78,8 @@ def card_command(name: str) -> str:
 
 def status(name: str, root: Path) -> str:
     """Where run ``name`` stands: shipped, finished, not started, or its iteration, last test top-1 and a forecast
-    at the median speed of its last five full epochs (what a closing note reports for a run that spans sittings)."""
+    at the median speed of its last five full epochs since its machine or thread count last changed (what a
+    closing note reports for a run that spans sittings)."""
     run = root / name
     if (SHIPPED / f"{name}.safetensors").exists():
         return f"shipped ({SHIPPED.name}/{name}.safetensors)"
@@ -88,7 +89,10 @@ def status(name: str, root: Path) -> str:
         return "started, no resume state saved yet" if (run / "config.json").exists() else "not started"
     from resattn.train.state import state_info
 
-    iteration = int(state_info(run / "state")["iteration"])
+    info = state_info(run / "state")
+    iteration = int(info["iteration"])
+    # speeds under another machine or thread count (an earlier sitting's --jobs) say nothing about the next hours
+    changed = max([int(e.get("from_iteration", 0)) for e in info.get("hardware_log") or []], default=0)
     epochs = []
     if (run / "metrics.jsonl").exists():
         for line in (run / "metrics.jsonl").read_text().splitlines():
@@ -103,11 +107,17 @@ def status(name: str, root: Path) -> str:
     last = epochs[-1]
     total, total_epochs = round(last["iteration"] / last["progress"]), round(last["epoch"] / last["progress"])
     batch = json.loads((run / "config.json").read_text())["batch_size"]
-    speed = statistics.median(e["images_per_s"] for e in epochs[-5:])
+    per_epoch = total / total_epochs
+    since = [e for e in epochs if (e["epoch"] - 1) * per_epoch >= changed][-5:]  # begun after the change
+    recent = since or epochs[-5:]
+    speed = statistics.median(e["images_per_s"] for e in recent)
     hours = (total - iteration) * batch / speed / 3600
+    which = ("the last epoch" if len(recent) == 1 else f"the last {len(recent)} epochs") + (
+        " since its machine or thread count last changed" if since and changed else
+        "; none yet since its machine or thread count changed" if changed else "")
     return (f"iteration {iteration:,} of {total:,} ({iteration / total:.1%}); test top-1 {last['test_top1']:.2%} "
-            f"after epoch {last['epoch']} of {total_epochs}; at {speed:.1f} images/s (the median of the last "
-            f"{min(5, len(epochs))} epochs) about {hours:.1f} h of training left")
+            f"after epoch {last['epoch']} of {total_epochs}; at {speed:.1f} images/s (the median of {which}) "
+            f"about {hours:.1f} h of training left")
 
 
 def main(argv: list[str] | None = None) -> int:

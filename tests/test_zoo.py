@@ -84,7 +84,7 @@ def test_card_commands_are_the_commands_the_zoo_runs_with_no_machine_paths(tmp_p
 
 def test_status_reports_a_runs_iteration_accuracy_and_forecast(tmp_path, capsys, monkeypatch):
     """``--status``: a run in progress gives the iteration its resume state holds, the last full epoch's test top-1
-    and a forecast from the median speed of its last five epochs (a partial epoch's line and a line cut short by a
+    and a forecast from the median speed of its last five epochs under its current setting (a partial epoch's line and a line cut short by a
     kill are skipped); a finished run is named as such and a run without state as not started."""
     import json
 
@@ -116,6 +116,19 @@ def test_status_reports_a_runs_iteration_accuracy_and_forecast(tmp_path, capsys,
                          f"(the median of the last 5 epochs) about {hours:.1f} h of training left")
     assert out[other].startswith("finished, not shipped: python scripts/model_card.py --zoo " + other)
     assert out[last] == "not started" and out[fresh] == "started, no resume state saved yet"
+    # resumed with another thread count at iteration 300 (in epoch 3): only epochs begun after it forecast
+    log = [{"hardware": "CPU, 1 threads", "from_iteration": 0}, {"hardware": "CPU, 2 threads", "from_iteration": 300}]
+    save_file({"x": torch.zeros(1)}, str(run / "state" / "state.safetensors"),
+              metadata={"info": json.dumps({"iteration": 1000, "hardware_log": log})})
+    hours = (5880 - 1000) * 64 / 21.0 / 3600  # epochs 4-6: 18, 21, 22 images/s
+    assert train_zoo.status(name, tmp_path / "zoo").endswith(
+        f"at 21.0 images/s (the median of the last 3 epochs since its machine or thread count last changed) about "
+        f"{hours:.1f} h of training left")
+    log[1]["from_iteration"] = 900  # no epoch begun since: the last five, and the forecast says so
+    save_file({"x": torch.zeros(1)}, str(run / "state" / "state.safetensors"),
+              metadata={"info": json.dumps({"iteration": 1000, "hardware_log": log})})
+    assert "(the median of the last 5 epochs; none yet since its machine or thread count changed)" in \
+        train_zoo.status(name, tmp_path / "zoo")
 
 
 def _fake_run(root: Path, name: str, seconds: float, finish: bool = True, code: int = 0, fail_times: int | None = None):

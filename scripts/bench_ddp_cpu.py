@@ -15,16 +15,21 @@ each and the ratio; record it in benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import torch.nn.functional as F
 
 import resattn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_train import _step_fn  # noqa: E402
 
 
 def _model(name: str) -> torch.nn.Module:
@@ -38,12 +43,7 @@ def _train(model: torch.nn.Module, batch: int, size: int, steps: int, warmup: in
     x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,))
 
-    def step() -> None:
-        loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
+    step = _step_fn(model, optimizer, x, y, contextlib.nullcontext())  # bench_train's step, so the two agree
     for _ in range(warmup):
         step()
     if dist.is_initialized():

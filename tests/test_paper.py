@@ -159,6 +159,10 @@ def test_the_readme_states_the_gaps_the_compare_page_computes_from_the_shipped_c
                         ("mixed − spatial", "mixed_arl", "spatial_arl")):
         gap = f"{gaps[(f'attention56_cifar_{a}', f'attention56_cifar_{b}')]:+.2f}".replace("-", "−")
         assert f"{words} {gap}" in readme, (words, gap)
+    # and how far the fast set lies below the paper's figures, from paper.summary_rows (the Compare page's table)
+    below = [r["test error (%)"] - r["paper error (%)"] for r in paper.summary_rows(shipped)
+             if r["epochs"] == 80]
+    assert f"80-epoch `fast` runs are {min(below):.1f}–{max(below):.1f} points below the paper's figures" in readme
 
 
 def test_recorded_per_image_results_make_the_verdict_mcnemars_test():

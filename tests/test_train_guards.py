@@ -119,6 +119,15 @@ def test_threads_are_bounded_by_the_machines_cores():
             _parse("--threads", refused)
 
 
+@pytest.mark.parametrize("threads, words", [(1, "1 thread;"), (2, "2 threads;")])
+def test_the_machine_description_counts_threads_in_words(threads, words, monkeypatch):
+    from resattn.train.environment import Runtime, hardware
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    described = hardware(Runtime(torch.device("cpu")))
+    assert described.startswith("CPU ") and f" cores, {words} torch {torch.__version__}" in described
+
+
 def test_the_python_api_checks_the_same_ranges():
     TrainConfig(lr=10, epochs=1000).resolved()  # the boundaries
     for bad in (dict(lr=float("nan")), dict(weight_decay=float("nan")), dict(lr=float("inf")), dict(epochs=-5),

@@ -54,7 +54,9 @@ def hardware(runtime: Runtime) -> str:
     if runtime.device.type == "cuda":
         desc = f"{runtime.world_size}x {torch.cuda.get_device_name(runtime.device)}"
     else:
-        desc = f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+        threads = torch.get_num_threads()
+        desc = (f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                f"{threads} thread{'' if threads == 1 else 's'}")
     return f"{desc}; torch {torch.__version__}" + (f"; {runtime.world_size} processes" if runtime.world_size > 1 else "")
 
 

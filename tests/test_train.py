@@ -20,6 +20,7 @@ from resattn.train import TrainConfig, build_parser, lr_at, train
 
 from .test_data import make_tree, zip_tree
 
+#: The smallest real run: a 1/8-width network, tiny batches, one thread (shared with test_train_guards).
 TINY = dict(model="attention56_cifar", width_mult=0.125, batch_size=8, eval_batch_size=16, threads=1, progress="none")
 
 

@@ -11,8 +11,7 @@ import resattn.data
 from resattn.train import TrainConfig, prepare
 
 from .test_data import make_tree, zip_tree
-
-TINY = dict(model="attention56_cifar", width_mult=0.125, batch_size=8, eval_batch_size=16, threads=1, progress="none")
+from .test_train import TINY
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import train_zoo  # noqa: E402
 from resattn.evaluate import compare_checkpoints, evaluate_checkpoint  # noqa: E402
 from resattn.preprocess import Preprocessing  # noqa: E402
-from resattn.train import hardware_spans, step_milestones  # noqa: E402
+from resattn.train import hardware_spans, respelled, step_milestones, thread_words  # noqa: E402
 
 def paper_text(meta: dict) -> str:
     """The paper's figure for the checkpoint's variant (error → accuracy), with a caveat where its data differ."""
@@ -58,7 +58,8 @@ def paper_text(meta: dict) -> str:
     return result.describe()
 
 
-#: The thread count in a CPU run's hardware string (``resattn.train.environment.hardware``: "…, 2 cores, 1 threads").
+#: The thread count in a CPU run's hardware string (``resattn.train.environment.hardware``: "…, 2 cores, 1 thread";
+#: checkpoints written before it was pluralised say "1 threads").
 _THREADS = re.compile(r", (\d+) threads?\b")
 
 
@@ -70,8 +71,7 @@ def _threads_only(machines: list[str]) -> str | None:
 
 
 def _thread_words(machine: str) -> str:
-    count = int(_THREADS.search(machine).group(1))  # type: ignore[union-attr]
-    return f"{count} thread{'' if count == 1 else 's'}"
+    return thread_words(int(_THREADS.search(machine).group(1)))  # type: ignore[union-attr]
 
 
 def budget_text(meta: dict, metrics: list[dict]) -> str:
@@ -92,7 +92,7 @@ def budget_text(meta: dict, metrics: list[dict]) -> str:
         speeds = [m["images_per_s"] for m in mine]
         first, last = mine[0]["epoch"], mine[-1]["epoch"]
         span = "" if len(spans) == 1 else f"epoch {first}: " if first == last else f"epochs {first}–{last}: "
-        where = f"with {_thread_words(machine)}" if computer else f"on {machine.replace(' 1 threads', ' 1 thread')}"
+        where = f"with {_thread_words(machine)}" if computer else f"on {respelled(machine)}"
         parts.append(f"{span}{seconds:,.0f} s of training (median {statistics.median(speeds):.0f} images/s, "
                      f"range {min(speeds):.0f}–{max(speeds):.0f}) {where}")
     text = "; then ".join(parts)

@@ -83,7 +83,7 @@ def test_the_budget_of_a_run_moved_between_machines_is_given_per_machine():
     assert model_card.budget_text(meta, metrics) == (
         "epochs 1–2: 4 s of training (median 5100 images/s, range 5000–5200) on GPU; then epochs 3–4: 110 s of "
         "training (median 200 images/s, range 190–210) on CPU (epoch 3 began on the first machine and ended on the next)")
-    # the trainer stores "1 threads" (kept, so a resumed run's machine compares equal); the card says "1 thread"
+    # checkpoints from before the trainer said "1 thread" store "1 threads"; the card says "1 thread"
     single = {"hardware": "CPU x86_64, 2 cores, 1 threads; torch 2.14", "epochs": 4.0, "metrics": {"iterations": 40}}
     assert model_card.budget_text(single, metrics).endswith("on CPU x86_64, 2 cores, 1 thread; torch 2.14")
     # three spans: a one-epoch span says "epoch 3", and every epoch that straddles a move is named

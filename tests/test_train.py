@@ -237,6 +237,20 @@ def test_fine_tuning_from_a_checkpoint_on_a_subset_with_a_frozen_trunk(tmp_path,
     assert not np.allclose(first["stage3_module1"], last["stage3_module1"])
 
 
+def test_a_state_in_the_old_thread_spelling_resumes_as_the_same_machine(tmp_path, dataset, monkeypatch):
+    """Resume state written when the trainer said "1 threads" and resumed on the same machine, which now says
+    "1 thread": one machine in the checkpoint, not a move between two spellings of it."""
+    common = dict(TINY, data=str(dataset), epochs=1, out=str(tmp_path / "run"), state_dir=str(tmp_path / "state"))
+    machine = "CPU x86_64, 2 cores, 1 thread{}; torch 2.14"
+    monkeypatch.setattr(resattn.train.environment, "hardware", lambda runtime: machine.format("s"))
+    assert train(TrainConfig(**common, stop_after=4)) == {"stopped_at": 4}
+    monkeypatch.setattr(resattn.train.environment, "hardware", lambda runtime: machine.format(""))
+    train(TrainConfig(**common, resume=True))
+    _, meta = resattn.load_checkpoint(tmp_path / "run" / "model.safetensors")
+    assert meta["hardware_log"] == [{"hardware": machine.format(""), "from_iteration": 0}]
+    assert meta["hardware"] == machine.format("")
+
+
 def test_init_from_refuses_an_unknown_class(tmp_path, dataset):
     with pytest.raises(resattn.data.DataError, match="horse"):
         train(TrainConfig(**TINY, data=str(dataset), epochs=1, classes=["horse"], out=str(tmp_path / "x"),

@@ -31,7 +31,7 @@ from ..graphs import GraphForward, GraphTrainStep
 from ..preprocess import Preprocessing, resize_for_crop
 from ..registry import create_model
 from . import environment
-from .environment import Runtime, setup_runtime
+from .environment import Runtime, respelled, setup_runtime
 from .recipes import TRAIN_ONLY, TrainConfig
 from .state import load_state, save_state
 
@@ -259,7 +259,8 @@ def prepare(config: TrainConfig) -> Run:
     if config.resume and (state_dir / "state.safetensors").exists():
         info = load_state(state_dir, model, optimizer, aug)
         iteration = info["iteration"]
-        previous_hardware = [e for e in info.get("hardware_log", []) if e.get("from_iteration", 0) < iteration]
+        previous_hardware = [dict(e, hardware=respelled(str(e["hardware"]))) for e in info.get("hardware_log", [])
+                             if e.get("from_iteration", 0) < iteration]
         totals = info.get("epoch_totals")  # absent in state written before it was kept, and in multi-process runs
         if isinstance(totals, dict) and totals.get("world_size") == runtime.world_size == 1:
             epoch_totals = {k: float(v) for k, v in totals.items()}

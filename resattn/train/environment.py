@@ -14,7 +14,8 @@ import torch.distributed as dist
 
 from .recipes import TrainConfig
 
-__all__ = ["Runtime", "setup_runtime", "hardware", "hardware_spans", "hardware_summary"]
+__all__ = ["Runtime", "setup_runtime", "hardware", "hardware_spans", "hardware_summary", "thread_words",
+           "respelled"]
 
 
 @dataclass
@@ -49,14 +50,24 @@ def setup_runtime(config: TrainConfig) -> Runtime:
     return Runtime(device, rank, world_size, local_rank)
 
 
+def thread_words(count: int) -> str:
+    """A CPU thread count in words ("1 thread", "2 threads"), as machine descriptions and model cards print it."""
+    return f"{count} thread{'' if count == 1 else 's'}"
+
+
+def respelled(machine: str) -> str:
+    """A stored machine description in today's spelling: checkpoints and resume state written before
+    ``thread_words`` say "1 threads", and a run resumed on the same machine must not read that as a move."""
+    return machine.replace(", 1 threads;", ", 1 thread;")
+
+
 def hardware(runtime: Runtime) -> str:
     """A one-line description of the machine, stored with every run."""
     if runtime.device.type == "cuda":
         desc = f"{runtime.world_size}x {torch.cuda.get_device_name(runtime.device)}"
     else:
-        threads = torch.get_num_threads()
         desc = (f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                f"{threads} thread{'' if threads == 1 else 's'}")
+                f"{thread_words(torch.get_num_threads())}")
     return f"{desc}; torch {torch.__version__}" + (f"; {runtime.world_size} processes" if runtime.world_size > 1 else "")
 
 

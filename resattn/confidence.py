@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import paper
+
 __all__ = ["FLAGGED", "Calibration", "threshold_for", "load_calibrations", "save_calibration", "calibration_for",
            "labels_digest", "pack_correct"]
 
@@ -63,6 +65,12 @@ class Calibration:
         if len(packed) != (self.images + 7) // 8:
             return None
         return np.unpackbits(np.frombuffer(packed, np.uint8), count=self.images).astype(bool)
+
+    def outcomes(self) -> paper.Outcomes | None:
+        """The per-image record as ``paper.Outcomes`` (the split's digest and the booleans), for McNemar's test
+        between two checkpoints; ``None`` when there is no usable record."""
+        correct = self.correct_images()
+        return None if correct is None else paper.Outcomes(self.labels_sha256, correct)
 
 
 def labels_digest(labels: np.ndarray) -> str:

@@ -207,9 +207,9 @@ def _outcomes(res: Resources, stems: list[str]) -> dict[str, paper.Outcomes]:
     for stem in stems:
         path = res.checkpoints / f"{stem}.safetensors"
         entry = calibration_for(path, file_hash(path)) if path.is_file() else None
-        correct = None if entry is None else entry.correct_images()
-        if correct is not None:
-            found[stem] = paper.Outcomes(entry.labels_sha256, correct)
+        outcomes = None if entry is None else entry.outcomes()
+        if outcomes is not None:
+            found[stem] = outcomes
     return found
 
 

@@ -60,12 +60,15 @@ def test_per_image_results_survive_the_file_and_a_bad_record_is_none(tmp_path):
     C.save_calibration(tmp_path / C.FILE_NAME, entry)
     found = C.calibration_for(tmp_path / "m.safetensors", "abc")
     assert np.array_equal(found.correct_images(), correct)
+    outcomes = found.outcomes()
+    assert outcomes.images == C.labels_digest(labels) and np.array_equal(outcomes.correct, correct)
     assert found.labels_sha256 == C.labels_digest(list(labels)) != C.labels_digest(labels[::-1])  # order counts
     old = C.Calibration("m.safetensors", "abc", 0.5, 0.05, 3925, "val split", "python …")  # before per-image records
     assert old.correct_images() is None
     short = C.Calibration("m.safetensors", "abc", 0.5, 0.05, 4000, "x", "y", entry.labels_sha256, entry.correct)
     garbage = C.Calibration("m.safetensors", "abc", 0.5, 0.05, 3925, "x", "y", entry.labels_sha256, "not base64!")
     assert short.correct_images() is None and garbage.correct_images() is None
+    assert old.outcomes() is None and short.outcomes() is None and garbage.outcomes() is None
 
 
 def test_shipped_per_image_results_match_the_recorded_accuracy():

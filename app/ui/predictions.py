@@ -41,8 +41,7 @@ def outcomes(entry: state.ModelEntry) -> paper.Outcomes | None:
     """Which of its test images the entry's file gets right, as measured with its threshold (None if not recorded),
     for McNemar's test between two checkpoints on the Compare page."""
     found = calibration(entry)
-    correct = None if found is None else found.correct_images()
-    return None if correct is None else paper.Outcomes(found.labels_sha256, correct)
+    return None if found is None else found.outcomes()
 
 
 def unsure_text(entry: state.ModelEntry, probs: np.ndarray) -> str | None:

@@ -76,15 +76,23 @@ def card_command(name: str) -> str:
                      "~/.cache/resattn/data", "--out", f"runs/{name}", "--resume"])
 
 
+def ended(name: str, root: Path) -> str | None:
+    """Why run ``name`` needs no training: shipped in the repository, or finished with the card still to write
+    (and the command that writes it); ``None`` while it has iterations left."""
+    if (SHIPPED / f"{name}.safetensors").exists():
+        return f"shipped ({SHIPPED.name}/{name}.safetensors)"
+    if (root / name / "model.safetensors").exists():
+        return f"finished, not shipped: python scripts/model_card.py --zoo {name} --data D --half"
+    return None
+
+
 def status(name: str, root: Path) -> str:
     """Where run ``name`` stands: shipped, finished, not started, or its iteration, last test top-1 and a forecast
     at the median speed of its last five full epochs since its machine or thread count last changed (what a
     closing note reports for a run that spans sittings)."""
     run = root / name
-    if (SHIPPED / f"{name}.safetensors").exists():
-        return f"shipped ({SHIPPED.name}/{name}.safetensors)"
-    if (run / "model.safetensors").exists():
-        return f"finished, not shipped: python scripts/model_card.py --zoo {name} --data D --half"
+    if (done := ended(name, root)) is not None:
+        return done
     if not (run / "state" / "state.safetensors").exists():
         return "started, no resume state saved yet" if (run / "config.json").exists() else "not started"
     from resattn.train.state import state_info
@@ -146,11 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, (kind, _) in RUNS.items():
         if args.only and name not in args.only:
             continue
-        final = root / name / "model.safetensors"
-        if (SHIPPED / f"{name}.safetensors").exists():
-            print(f"[zoo] {name}: shipped ({SHIPPED.name}/{name}.safetensors)", flush=True)
-        elif final.exists():
-            print(f"[zoo] {name}: done ({final})", flush=True)
+        if (done := ended(name, root)) is not None:
+            print(f"[zoo] {name}: {done}", flush=True)
         elif not sources[kind]:
             print(f"[zoo] {name}: skipped (no --{kind} source)", flush=True)
         else:

@@ -116,6 +116,10 @@ def test_status_reports_a_runs_iteration_accuracy_and_forecast(tmp_path, capsys,
                          f"(the median of the last 5 epochs) about {hours:.1f} h of training left")
     assert out[other].startswith("finished, not shipped: python scripts/model_card.py --zoo " + other)
     assert out[last] == "not started" and out[fresh] == "started, no resume state saved yet"
+    # a run of the set finds the finished one ended in the same words, and does not train it again
+    train_zoo.main(["--cifar", "c.zip", "--imagenette", "i.zip", "--root", str(tmp_path / "zoo"), "--dry-run",
+                    "--only", other])
+    assert capsys.readouterr().out.strip() == f"[zoo] {other}: {out[other]}"
     # resumed with another thread count at iteration 300 (in epoch 3): only epochs begun after it forecast
     log = [{"hardware": "CPU, 1 threads", "from_iteration": 0}, {"hardware": "CPU, 2 threads", "from_iteration": 300}]
     save_file({"x": torch.zeros(1)}, str(run / "state" / "state.safetensors"),

@@ -13,8 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 #: resattn's top-level modules and packages, lowest layer first: a module may import only from its own layer's
 #: package or from a lower layer (the README's "Layout" section draws the same picture).
 LAYERS: list[set[str]] = [
-    {"_version", "blocks", "counting", "paper", "preprocess", "maps", "graphs", "confidence", "lecture"},  # leaves
-    {"attention", "data", "html"},                                                # the attention module; datasets; HTML
+    {"_version", "blocks", "counting", "paper", "preprocess", "maps", "graphs", "lecture"},  # leaves
+    {"attention", "data", "html", "confidence"},                                  # attention; data; HTML; calibrations
     {"networks", "inspect", "images", "attribution"},                             # networks; looking inside them
     {"registry", "archive"},                                                      # named models; uploaded archives
     {"checkpoint"},                                                               # safe files of named models

@@ -16,8 +16,10 @@ import dataclasses
 import json
 import os
 import shlex
+import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -46,6 +48,31 @@ def config_for(name: str, data: str, root: Path, cache_dir: str, resume: bool, c
     return config
 
 
+def _logger(name: str, path: Path) -> Callable[..., None]:
+    """A run's log: tagged lines on stdout, where the runs interleave, and appended to its own ``train.log``."""
+    def log(*parts: object) -> None:
+        line = " ".join(map(str, parts))
+        print(f"[{name}] {line}", flush=True)
+        with path.open("a") as fh:
+            fh.write(line + "\n")
+
+    return log
+
+
+#: A run's files that :func:`export` copies: its resume state and what its card is built from.
+EXPORTED = ("state/state.safetensors", "config.json", "metrics.jsonl", "train.log", "model.safetensors")
+
+
+def export(run_dir: Path, to: Path) -> list[Path]:
+    """Copy the files of :data:`EXPORTED` that ``run_dir`` holds into ``to``, flat; returns the copies."""
+    to.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for name in EXPORTED:
+        if (run_dir / name).is_file():
+            copies.append(Path(shutil.copy2(run_dir / name, to / Path(name).name)))
+    return copies
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", required=True, help="CIFAR-10 source (cifar10-jpeg.zip)")
@@ -57,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
                    help="cpu: the same interleaving without graphs or streams (to test the driver)")
     p.add_argument("--train-args", default="", help="extra resattn.train arguments for every run (quoted)")
+    p.add_argument("--export", default=None,
+                   help="copy each run's resumable files flat into EXPORT/NAME/ at the end (a device's $OUT returns "
+                        "files at most two folders down); scripts/device_carry.py unpack installs them here")
     args = p.parse_args(argv)
     start = time.monotonic()
     deadline = None if args.deadline is None else start + args.deadline
@@ -67,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     runs, names = [], list(args.only)
     for name in names:
         run = prepare(config_for(name, args.data, root, args.cache_dir, args.resume, cuda, shlex.split(args.train_args)))
-        run.log = (lambda tag: lambda *a: print(f"[{tag}]", *a, flush=True))(name)
+        run.log = _logger(name, root / name / "train.log")
         run.hardware += f"; {len(names)} runs sharing the GPU"
         runs.append(run)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
@@ -105,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
             entry["final"] = result
         summary["runs"][name] = entry
     (root / "gpu_set_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if args.export:
+        for name in names:
+            export(root / name, Path(args.export) / name)
     print(json.dumps(summary), flush=True)
     return 0
 

@@ -60,6 +60,7 @@ def travelling_bytes(repo: Path = REPO) -> dict[str, int]:
 
 
 def folder_bytes(folder: Path) -> int:
+    """Bytes of the files under ``folder``: what carrying it costs."""
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 

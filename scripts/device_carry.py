@@ -114,15 +114,25 @@ def _git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout
 
 
+def _untracked(lines: list[str]) -> dict[int, str]:
+    """The folders :func:`untrack` wrote into ``.git/info/exclude``, by the index of each pattern's line."""
+    return {i + 1: lines[i + 1].strip("/") for i, line in enumerate(lines[:-1]) if line == MARK}
+
+
 def untrack(folders: list[str], repo: Path = REPO) -> None:
     """Take ``folders`` out of git's index and ignore them (files stay on disk), so a device call does not send
     them. Refused for a folder with changes that are not committed, which :func:`retrack` would not bring back."""
+    exclude = repo / ".git" / "info" / "exclude"
+    already = _untracked(exclude.read_text().splitlines() if exclude.exists() else [])
     for folder in folders:
         if folder in KEEP or "/" in folder.strip("/"):
             raise SystemExit(f"{folder}: only a top-level folder other than {', '.join(KEEP)} can be untracked")
+        if folder.strip("/") in already.values():
+            raise SystemExit(f"{folder} is untracked already (retrack restores it)")
+        if not _git(repo, "ls-files", "--", folder).strip():
+            raise SystemExit(f"{folder}: git tracks nothing there")
         if _git(repo, "status", "--porcelain", "--", folder).strip():
             raise SystemExit(f"{folder} has changes that are not committed: commit them first")
-    exclude = repo / ".git" / "info" / "exclude"
     exclude.parent.mkdir(parents=True, exist_ok=True)
     with exclude.open("a") as fh:
         for folder in folders:
@@ -135,8 +145,8 @@ def retrack(repo: Path = REPO) -> list[str]:
     """Undo :func:`untrack`: drop its lines from ``.git/info/exclude`` and restore those folders to the index."""
     exclude = repo / ".git" / "info" / "exclude"
     lines = exclude.read_text().splitlines() if exclude.exists() else []
-    marked = {i + 1 for i, line in enumerate(lines[:-1]) if line == MARK}
-    folders = [lines[i].strip("/") for i in sorted(marked)]
+    marked = _untracked(lines)
+    folders = list(marked.values())
     exclude.write_text("".join(f"{line}\n" for i, line in enumerate(lines) if i not in marked and line != MARK))
     if folders:
         _git(repo, "reset", "-q", "--", *folders)

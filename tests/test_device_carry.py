@@ -68,6 +68,8 @@ def test_untrack_leaves_files_behind_for_a_call_and_retrack_restores_the_index(r
     device_carry.untrack(["checkpoints", "docs"], repo)
     assert _sent(repo) == before - {"checkpoints/m.safetensors", "docs/p.png"}
     assert (repo / "checkpoints" / "m.safetensors").stat().st_size == 40 * 2**20  # still here
+    with pytest.raises(SystemExit, match="untracked already"):
+        device_carry.untrack(["docs"], repo)
     assert device_carry.retrack(repo) == ["checkpoints", "docs"]
     assert _sent(repo) == before and exclude.read_text() == before_exclude
     assert _git(repo, "status", "--porcelain") == ""
@@ -76,6 +78,9 @@ def test_untrack_leaves_files_behind_for_a_call_and_retrack_restores_the_index(r
 def test_untrack_refuses_code_and_uncommitted_changes(repo):
     with pytest.raises(SystemExit, match="only a top-level folder"):
         device_carry.untrack(["resattn"], repo)
+    (repo / "empty").mkdir()
+    with pytest.raises(SystemExit, match="tracks nothing"):
+        device_carry.untrack(["empty"], repo)
     (repo / "docs" / "new.png").write_bytes(b"z")
     with pytest.raises(SystemExit, match="not committed"):
         device_carry.untrack(["docs"], repo)

@@ -1,6 +1,6 @@
 """Training and inference throughput of attention56_cifar: the plain path against the fast path, in one run.
 
-    python scripts/bench_train.py [--batch-size 128] [--steps 6] [--device cpu|cuda]
+    python scripts/bench_train.py [--batch-size 128] [--steps 6] [--device cpu|cuda] [--compile] [--profile]
     python scripts/bench_train.py --model attention56_imagenet --width-mult 0.5 --size 128 --attention spatial
 
 * plain: eager, NCHW (contiguous) tensors, float32.
@@ -88,6 +88,8 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads")
     p.add_argument("--compile", action="store_true", help="also time the fast path under torch.compile")
+    p.add_argument("--profile", action="store_true",
+                   help="also print where the fast path's training steps spend their time, by operator")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -114,6 +116,43 @@ def main() -> None:
     diff = abs(fast["first_loss"] - plain["first_loss"])
     tol = 1e-4 if device.type == "cpu" else 2e-2  # bf16 autocast on CUDA rounds more
     print(f"same batch, same weights: |loss difference| = {diff:.2e} ({'OK' if diff <= tol else 'MISMATCH'}, tolerance {tol:g})")
+    if args.profile:
+        profile(base, x, y, args.steps)
+
+
+#: Operator groups of the profile's summary: convolutions (compute-bound) and the element-wise work around them.
+GROUPS = {
+    "convolution": ("aten::mkldnn_convolution", "aten::convolution_backward", "aten::cudnn_convolution"),
+    "batch norm": ("aten::native_batch_norm", "aten::native_batch_norm_backward", "aten::cudnn_batch_norm",
+                   "aten::cudnn_batch_norm_backward"),
+    "ReLU": ("aten::clamp_min", "aten::threshold_backward", "aten::relu_"),
+    "additions": ("aten::add", "aten::add_"),
+}
+
+
+def profile(base: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> None:
+    """Print the share of the fast path's training time each group of :data:`GROUPS` takes (self time)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    model = copy.deepcopy(base).to(memory_format=torch.channels_last).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.device.type == "cuda")
+    step = _step_fn(model, optimizer, x.contiguous(memory_format=torch.channels_last), y, autocast)
+    step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if x.device.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        _sync(x.device)
+    device_time = x.device.type == "cuda"
+    times = {e.key: (e.self_device_time_total if device_time else e.self_cpu_time_total) for e in prof.key_averages()}
+    total = sum(times.values())
+    print(f"where the fast path's {steps} training steps spend their {'device' if device_time else 'CPU'} time (self time):")
+    for group, names in GROUPS.items():
+        print(f"  {group:<14} {100 * sum(times.get(n, 0) for n in names) / total:5.1f}%")
+    rest = total - sum(times.get(n, 0) for names in GROUPS.values() for n in names)
+    print(f"  {'everything else':<14} {100 * rest / total:5.1f}%")
 
 
 if __name__ == "__main__":

@@ -187,9 +187,13 @@ def test_two_processes_with_half_the_batch_follow_one_process(tmp_path, dataset)
     torch.manual_seed(0)  # the trainer seeds the global generator with --seed before building the model
     start = resattn.create_model("attention56_cifar", width_mult=0.125, num_classes=3).state_dict()
     torch.testing.assert_close(one["stage1.unit.conv1.weight"], start["stage1.unit.conv1.weight"])  # frozen
-    assert (one["fc.weight"] - start["fc.weight"]).abs().max() > 1e-2  # the classifier did learn
+    learned = (one["fc.weight"] - start["fc.weight"]).abs().max()
+    assert learned > 1e-2  # the classifier did learn
+    # The frozen features of 4 and of 8 images round differently (an AVX-512 CPU's kernels: 7.7e-5 apart in the
+    # classifier after 12 steps, against an update of 5.2); a wrong average (a sum, or one half's gradient) is off by
+    # about the size of the update, a thousand times this tolerance.
     for key in one:
-        torch.testing.assert_close(one[key], two[key], rtol=1e-4, atol=1e-5, msg=key)
+        torch.testing.assert_close(one[key], two[key], rtol=1e-4, atol=float(learned) * 1e-3, msg=key)
 
 
 def test_distributed_evaluation_counts_every_test_image(tmp_path):
@@ -274,19 +278,57 @@ def test_a_run_resumed_on_another_machine_names_both(tmp_path, dataset, monkeypa
     assert meta["hardware"] == "machine B" and meta["hardware_log"] == [{"hardware": "machine B", "from_iteration": 0}]
 
 
-def test_a_run_stopped_by_earlier_code_resumes_bit_for_bit(tmp_path, capsys):
-    """tests/data/resume_fixture/ is a run stopped mid-epoch by the training code before the package was split into
-    modules (issue 21); resumed today it must end with exactly the weights that code's uninterrupted run ended with."""
+def _fixture_copy(tmp_path):
+    """tests/data/resume_fixture/ copied where a run may write, its config and the dataset it was trained on."""
     import shutil
 
-    from tests.data.make_resume_fixture import HERE, RUN, STOP_AFTER, dataset, digest
+    from tests.data.make_resume_fixture import HERE, RUN, dataset
+
+    shutil.copytree(HERE / "state", tmp_path / "state")
+    shutil.copytree(HERE / "out", tmp_path / "out")
+    return TrainConfig(**RUN, data=str(dataset(tmp_path)), out=str(tmp_path / "out"), state_dir=str(tmp_path / "state"),
+                       resume=True)
+
+
+def test_state_written_by_earlier_code_loads_into_exactly_what_it_was_saved_from(tmp_path):
+    """tests/data/resume_fixture/ is a run stopped mid-epoch by the training code before the package was split into
+    modules (issue 21). Today's code reads it into a model, optimizer and generators that save back to the same
+    tensors, bit for bit, and the same iteration and epoch totals; with today's exact resume (the test above) that
+    means the old run continues as if never stopped, on any processor."""
+    from resattn.train import prepare
+    from resattn.train.state import save_state, state_info
+    from tests.data.make_resume_fixture import STOP_AFTER
+
+    config = _fixture_copy(tmp_path)
+    stored, info = load_file(str(tmp_path / "state" / "state.safetensors")), state_info(tmp_path / "state")
+    run = prepare(config)
+    assert run.iteration == info["iteration"] == STOP_AFTER
+    assert run.epoch_totals == {k: float(v) for k, v in info["epoch_totals"].items()}
+    save_state(tmp_path / "again", run.model, run.optimizer, run.aug, {"iteration": run.iteration})
+    again = load_file(str(tmp_path / "again" / "state.safetensors"))
+    assert again.keys() == stored.keys()
+    assert any(k.startswith("opt.") for k in stored) and "rng.aug" in stored  # momentum and augmentation travel
+    assert [k for k in stored if not torch.equal(again[k], stored[k])] == []
+
+
+def test_a_run_stopped_by_earlier_code_resumes_bit_for_bit(tmp_path, capsys):
+    """Resumed today, the fixture's run ends with exactly the weights that code's uninterrupted run ended with. Those
+    were computed on the generating machine's processor, and this tiny run is so sensitive to rounding that another
+    processor's kernels end elsewhere (an AVX-512 Intel VM's own first five iterations already differ by 0.6%), so
+    the end-to-end check runs where this processor reproduces the stored state of iteration 5 bit for bit."""
+    from tests.data.make_resume_fixture import HERE, RUN, STOP_AFTER, digest
 
     expected = json.loads((HERE / "final_digest.json").read_text())
     assert expected["run"] == RUN and expected["stop_after"] == STOP_AFTER
-    shutil.copytree(HERE / "state", tmp_path / "state")
-    shutil.copytree(HERE / "out", tmp_path / "out")
-    data = str(dataset(tmp_path))
-    train(TrainConfig(**RUN, data=data, out=str(tmp_path / "out"), state_dir=str(tmp_path / "state"), resume=True))
+    config = _fixture_copy(tmp_path)
+    train(TrainConfig(**RUN, data=config.data, out=str(tmp_path / "mine"), state_dir=str(tmp_path / "mine-state"),
+                      stop_after=STOP_AFTER))
+    mine, stored = (load_file(str(tmp_path / d / "state.safetensors")) for d in ("mine-state", "state"))
+    if any(not torch.equal(mine[k], stored[k]) for k in stored if k.startswith("model.")):
+        pytest.skip("this processor rounds differently from the one that wrote tests/data/resume_fixture/; "
+                    "test_state_written_by_earlier_code_loads_into_exactly_what_it_was_saved_from covers the format")
+    capsys.readouterr()
+    train(config)
     assert f"at iteration {STOP_AFTER}" in capsys.readouterr().out  # the stored state was read, not ignored
     assert [m["epoch"] for m in read_metrics(tmp_path / "out")] == [1, 2]
     final = digest(load_file(str(tmp_path / "out" / "model.safetensors")))

@@ -1,10 +1,12 @@
 """Training and inference throughput of attention56_cifar: the plain path against the fast path, in one run.
 
-    python scripts/bench_train.py [--batch-size 128] [--steps 6] [--device cpu|cuda] [--compile] [--profile]
+    python scripts/bench_train.py [--batch-size 128] [--steps 6] [--device cpu|cuda] [--compile] [--profile] [--cpu-bf16]
     python scripts/bench_train.py --model attention56_imagenet --width-mult 0.5 --size 128 --attention spatial
 
 * plain: eager, NCHW (contiguous) tensors, float32.
 * fast:  what ``resattn.train`` does: channels_last tensors and weights; on CUDA also bf16 autocast.
+* with ``--cpu-bf16``, also the fast path under bf16 autocast on the CPU (``resattn.train --cpu-bf16``), which pays
+  only where the processor has bf16 instructions (AVX512_BF16 or AMX).
 
 Both paths start from the same weights and see the same batch, so their first-step losses must agree to float
 tolerance (printed). Prints a table of images/s and the fast/plain ratio; record it in benchmarks/README.md.
@@ -42,8 +44,11 @@ def _sync(device: torch.device) -> None:
 
 
 def measure(
-    base: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, fast: bool, steps: int, warmup: int, compile: bool = False
+    base: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, fast: bool, steps: int, warmup: int, compile: bool = False,
+    bf16: bool | None = None,
 ) -> dict:
+    """Training and inference images/s of a copy of ``base`` on the batch ``x``; ``bf16`` None means bf16 autocast
+    exactly where the trainer uses it by default (the fast path on CUDA)."""
     device = x.device
     model = copy.deepcopy(base)
     fmt = torch.channels_last if fast else torch.contiguous_format
@@ -51,7 +56,8 @@ def measure(
     if compile:
         model = torch.compile(model)
     xs = x.contiguous(memory_format=fmt)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=fast and device.type == "cuda")
+    bf16 = fast and device.type == "cuda" if bf16 is None else bf16
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4)
     step = _step_fn(model, optimizer, xs, y, autocast)
     first_loss = step()
@@ -90,6 +96,7 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="also time the fast path under torch.compile")
     p.add_argument("--profile", action="store_true",
                    help="also print where the fast path's training steps spend their time, by operator")
+    p.add_argument("--cpu-bf16", action="store_true", help="also time the fast path under bf16 autocast on the CPU")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -106,6 +113,10 @@ def main() -> None:
     rows.append((fast_name, fast))
     if args.compile:
         rows.append(("fast + torch.compile", measure(base, x, y, fast=True, steps=args.steps, warmup=args.warmup, compile=True)))
+    low = None
+    if args.cpu_bf16 and device.type == "cpu":
+        low = measure(base, x, y, fast=True, steps=args.steps, warmup=args.warmup, bf16=True)
+        rows.append(("fast + bf16 autocast", low))
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.machine()} CPU, {args.threads} threads"
     print(f"{args.model} ({args.attention} attention, width x{args.width_mult:g}), batch {args.batch_size}, "
           f"{args.size}x{args.size}, {where}, torch {torch.__version__}")
@@ -116,6 +127,10 @@ def main() -> None:
     diff = abs(fast["first_loss"] - plain["first_loss"])
     tol = 1e-4 if device.type == "cpu" else 2e-2  # bf16 autocast on CUDA rounds more
     print(f"same batch, same weights: |loss difference| = {diff:.2e} ({'OK' if diff <= tol else 'MISMATCH'}, tolerance {tol:g})")
+    if low is not None:
+        print(f"{'ratio bf16/fast':<28} {low['train'] / fast['train']:>11.2f}x {low['infer'] / fast['infer']:>11.2f}x")
+        print(f"bf16 autocast against float32, first step: |loss difference| = "
+              f"{abs(low['first_loss'] - fast['first_loss']):.2e}")
     if args.profile:
         profile(base, x, y, args.steps)
 

@@ -59,6 +59,8 @@ def test_the_paper_run_is_the_papers_recipe_unchanged():
     assert (paper["batch_size"], paper["lr"], paper["weight_decay"], paper["iterations"], paper["epochs"]) == (
         64, 0.1, 1e-4, 160_000, None)
     assert paper["milestones"] == (64_000, 96_000) and paper["per_pixel_mean"] and paper["label_smoothing"] == 0.0
+    # precision is the machine's, not the recipe's: bf16 where the CPU computes it natively, as on a GPU
+    assert paper["cpu_bf16"] == "auto" and paper["bf16"]
 
 
 def test_a_shipped_run_is_not_trained_again(tmp_path, capsys):

@@ -127,6 +127,8 @@ class Run:
     graph_eval: GraphForward | None = None
     #: Where the iterations before this session ran (from the resume state): ``[{"hardware", "from_iteration"}]``
     previous_hardware: list[dict[str, Any]] = field(default_factory=list)
+    #: Whether the training step runs under bf16 autocast (:func:`environment.trains_in_bf16`)
+    bf16: bool = False
 
     @property
     def num_epochs(self) -> int:
@@ -284,10 +286,12 @@ def prepare(config: TrainConfig) -> Run:
     if runtime.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+    bf16 = environment.trains_in_bf16(config, runtime)
+    machine = (environment.hardware(runtime) + ("; CUDA graphs" if config.cuda_graphs else "")
+               + ("; bf16 autocast" if bf16 and runtime.device.type == "cpu" else ""))  # CUDA trains in bf16 by default
     run = Run(config, runtime, model, train_module, optimizer, normalizer, train_data, test_data, batches, aug, frozen,
-              prep, class_names(train_data.classes), small, noisy_fraction, total, per_epoch, iteration,
-              environment.hardware(runtime) + ("; CUDA graphs" if config.cuda_graphs else ""), out, state_dir, log, base_meta,
-              iteration, epoch_totals, graph_step, graph_eval, previous_hardware)
+              prep, class_names(train_data.classes), small, noisy_fraction, total, per_epoch, iteration, machine, out,
+              state_dir, log, base_meta, iteration, epoch_totals, graph_step, graph_eval, previous_hardware, bf16)
     log(f"hardware: {run.hardware}; {len(train_data.labels)} train / {len(test_data.labels)} test images; "
         f"{total} iterations ({per_epoch} per epoch, {run.num_epochs} epochs)"
         + (f"; {noisy_fraction:.1%} of training labels replaced (label noise {config.label_noise})" if config.label_noise else "")

@@ -15,7 +15,7 @@ import torch.distributed as dist
 from ..checkpoint import CheckpointError
 from ..data import DataError
 from .loop import Diverged, train
-from .recipes import RECIPES, TRAIN_ONLY, TrainConfig, check_value
+from .recipes import CPU_BF16, RECIPES, TRAIN_ONLY, TrainConfig, check_value
 
 __all__ = ["build_parser", "main"]
 
@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="training device")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="use NCHW tensors")
     p.add_argument("--no-bf16", dest="bf16", action="store_false", help="disable bf16 autocast on CUDA")
+    p.add_argument("--cpu-bf16", choices=CPU_BF16, default="off",
+                   help="bf16 autocast for training on the CPU: off (float32), auto (only where the processor has bf16 "
+                        "instructions, AVX512_BF16 or AMX, which trains about 1.6x faster) or on; evaluation stays float32")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="capture each training and evaluation step as a CUDA graph (one process on CUDA): for small, "

@@ -83,7 +83,7 @@ def epoch_steps(run: Run, stop_requested: Callable[[], bool]) -> Generator[None,
         correct_sum += carried["correct_sum"]
     else:
         carried = None
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.bf16 and runtime.device.type == "cuda")
+    autocast = torch.autocast(runtime.device.type, dtype=torch.bfloat16, enabled=run.bf16)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     show_bar = runtime.main and (config.progress == "bar" or (config.progress == "auto" and sys.stderr.isatty()))
     bar = None

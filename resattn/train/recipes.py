@@ -12,7 +12,7 @@ from typing import Any
 
 from ..checkpoint import read_meta
 
-__all__ = ["RECIPES", "TRAIN_ONLY", "RANGES", "PAPER_ITERATIONS", "TrainConfig", "check_value", "lr_at",
+__all__ = ["RECIPES", "TRAIN_ONLY", "CPU_BF16", "RANGES", "PAPER_ITERATIONS", "TrainConfig", "check_value", "lr_at",
            "step_milestones"]
 
 #: The length of the paper's CIFAR schedule (iterations of batch 64), for which its milestones are stated.
@@ -34,6 +34,11 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 #: What ``--train-only`` may train: everything, stage 3 and after, or only the classifier.
 TRAIN_ONLY: tuple[str, ...] = ("all", "stage3", "head")
+
+
+#: What ``--cpu-bf16`` accepts: float32 on the CPU (the default, repeatable on one kind of processor), bf16 autocast
+#: where the processor has bf16 instructions, or bf16 autocast always.
+CPU_BF16: tuple[str, ...] = ("off", "auto", "on")
 
 
 #: The range of every numeric option as (lowest, highest, lowest allowed, highest allowed); NaN and infinities are
@@ -108,6 +113,7 @@ class TrainConfig:
     device: str = "auto"
     channels_last: bool = True
     bf16: bool = True
+    cpu_bf16: str = "off"  # "off" (float32), "auto" (where the CPU has bf16 instructions) or "on": see environment
     compile: bool = False
     cuda_graphs: bool = False
     threads: int | None = None
@@ -148,6 +154,8 @@ class TrainConfig:
                 check_value(name, values[name])
         if values["weight_decay_scope"] not in ("all", "weights"):
             raise ValueError(f"weight_decay_scope must be 'all' or 'weights', got {values['weight_decay_scope']!r}")
+        if values["cpu_bf16"] not in CPU_BF16:
+            raise ValueError(f"cpu_bf16 must be one of {CPU_BF16}, got {values['cpu_bf16']!r}")
         if values["train_only"] not in TRAIN_ONLY:
             raise ValueError(f"train_only must be one of {TRAIN_ONLY}, got {values['train_only']!r}")
         if values["init_from"]:  # the architecture comes from the checkpoint

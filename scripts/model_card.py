@@ -63,11 +63,24 @@ def paper_text(meta: dict) -> str:
 _THREADS = re.compile(r", (\d+) threads?\b")
 
 
-def _threads_only(machines: list[str]) -> str | None:
-    """The machine, without its thread count, when ``machines`` differ in nothing else (a run resumed on the same
-    computer with another thread count); else ``None``."""
-    bare = {_THREADS.sub("", machine) for machine in machines}
+#: What a CPU run's hardware string adds while it trains under bf16 autocast (``resattn.train --cpu-bf16``).
+_BF16 = "; bf16 autocast"
+
+
+def _bare(machine: str) -> str:
+    """The computer of a hardware string: without its thread count and precision."""
+    return _THREADS.sub("", machine).replace(_BF16, "")
+
+
+def _same_computer(machines: list[str]) -> str | None:
+    """The computer, when ``machines`` differ only in thread count or precision (a run resumed on the same
+    computer with another ``--jobs`` or ``--cpu-bf16``); else ``None``."""
+    bare = {_bare(machine) for machine in machines}
     return bare.pop() if len(bare) == 1 and all(_THREADS.search(m) for m in machines) else None
+
+
+def _precision(machine: str) -> str:
+    return "bf16 autocast" if _BF16 in machine else "float32"
 
 
 def _thread_words(machine: str) -> str:
@@ -82,7 +95,12 @@ def budget_text(meta: dict, metrics: list[dict]) -> str:
     shows in the range, not the figure."""
     history = meta.get("hardware_log") or [{"hardware": meta["hardware"], "from_iteration": 0}]
     spans = hardware_spans(history, meta["metrics"]["iterations"])
-    computer = _threads_only([machine for machine, _, _ in spans]) if len(spans) > 1 else None
+    machines = [machine for machine, _, _ in spans]
+    computer = _same_computer(machines) if len(spans) > 1 else None
+    threads_vary = len({_thread_words(m) for m in machines}) > 1 if computer else False
+    precision_varies = len({_precision(m) for m in machines}) > 1 if computer else False
+    changed = " and ".join(what for what, varies in (("thread count", threads_vary), ("precision", precision_varies))
+                           if varies)
     parts = []
     for machine, start, end in spans:
         mine = [m for m in metrics if start < m["iteration"] <= end] if len(spans) > 1 else metrics
@@ -92,15 +110,16 @@ def budget_text(meta: dict, metrics: list[dict]) -> str:
         speeds = [m["images_per_s"] for m in mine]
         first, last = mine[0]["epoch"], mine[-1]["epoch"]
         span = "" if len(spans) == 1 else f"epoch {first}: " if first == last else f"epochs {first}–{last}: "
-        where = f"with {_thread_words(machine)}" if computer else f"on {respelled(machine)}"
+        where = (f"with {_thread_words(machine)}" + (f" in {_precision(machine)}" if precision_varies else "")
+                 if computer else f"on {respelled(machine)}")
         parts.append(f"{span}{seconds:,.0f} s of training (median {statistics.median(speeds):.0f} images/s, "
                      f"range {min(speeds):.0f}–{max(speeds):.0f}) {where}")
     text = "; then ".join(parts)
     if computer:
-        text = f"on {computer}, with the thread count changed between sittings: {text}"
+        text = f"on {computer}, with the {changed} changed between sittings: {text}"
     per_epoch = meta["metrics"]["iterations"] / meta["epochs"]
     spanning = [m["epoch"] for m in metrics for _, b, _ in spans[1:] if (m["epoch"] - 1) * per_epoch < b < m["iteration"]]
-    on, setting = ("with", "thread count") if computer else ("on", "machine")
+    on, setting = ("with", "setting" if threads_vary and precision_varies else changed) if computer else ("on", "machine")
     if len(spans) == 2 and spanning:
         text += f" (epoch {spanning[0]} began {on} the first {setting} and ended {on} the next)"
     elif spanning:

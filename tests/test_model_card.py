@@ -212,6 +212,28 @@ def test_a_run_that_only_changed_its_thread_count_names_the_computer_once():
     assert "(epoch 2 began on the first machine and ended on the next)" in model_card.budget_text(moved, metrics)
 
 
+def test_a_run_switched_to_bf16_on_the_same_computer_says_which_epochs_trained_in_it():
+    """The paper run went from float32 to ``--cpu-bf16 auto`` mid-run on one VM: one computer, two precisions."""
+    metrics = [{"epoch": e, "iteration": 10 * e, "epoch_seconds": s, "images_per_s": v}
+               for e, s, v in [(1, 100.0, 98), (2, 80.0, 120), (3, 50.0, 178)]]
+    cpu = "CPU x86_64, 2 cores, 2 threads; torch 2.14"
+    meta = {"hardware": "", "epochs": 3.0, "metrics": {"iterations": 30},
+            "hardware_log": [{"hardware": cpu, "from_iteration": 0},
+                             {"hardware": cpu + "; bf16 autocast", "from_iteration": 15}]}
+    assert model_card.budget_text(meta, metrics) == (
+        "on CPU x86_64, 2 cores; torch 2.14, with the precision changed between sittings: epoch 1: 100 s of training "
+        "(median 98 images/s, range 98–98) with 2 threads in float32; then epochs 2–3: 130 s of training (median 149 "
+        "images/s, range 120–178) with 2 threads in bf16 autocast (epoch 2 began with the first precision and ended with "
+        "the next)")
+    # both settings changed: each span names both, and the switch is a change of setting
+    both = {**meta, "hardware_log": [{"hardware": cpu, "from_iteration": 0},
+                                     {"hardware": cpu.replace("2 threads", "1 thread") + "; bf16 autocast",
+                                      "from_iteration": 15}]}
+    text = model_card.budget_text(both, metrics)
+    assert text.startswith("on CPU x86_64, 2 cores; torch 2.14, with the thread count and precision changed")
+    assert "with 1 thread in bf16 autocast" in text and "(epoch 2 began with the first setting and ended with the next)" in text
+
+
 def test_a_paper_recipe_card_states_the_per_pixel_mean_and_its_milestones(zoo_run, tmp_path):
     """Issue 27's card: the paper's recipe subtracts the training set's mean image and divides the learning rate at
     iterations scaled to the run (64k and 96k of 160k; 4 and 6 of a 10-iteration run)."""

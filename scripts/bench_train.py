@@ -56,7 +56,7 @@ def measure(
     if compile:
         model = torch.compile(model)
     xs = x.contiguous(memory_format=fmt)
-    bf16 = fast and device.type == "cuda" if bf16 is None else bf16
+    bf16 = (fast and device.type == "cuda") if bf16 is None else bf16
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4)
     step = _step_fn(model, optimizer, xs, y, autocast)

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import train_zoo  # noqa: E402
 from resattn.evaluate import compare_checkpoints, evaluate_checkpoint  # noqa: E402
 from resattn.preprocess import Preprocessing  # noqa: E402
-from resattn.train import hardware_spans, respelled, step_milestones, thread_words  # noqa: E402
+from resattn.train import BF16_MARK, hardware_spans, respelled, step_milestones, thread_words  # noqa: E402
 
 def paper_text(meta: dict) -> str:
     """The paper's figure for the checkpoint's variant (error → accuracy), with a caveat where its data differ."""
@@ -63,13 +63,9 @@ def paper_text(meta: dict) -> str:
 _THREADS = re.compile(r", (\d+) threads?\b")
 
 
-#: What a CPU run's hardware string adds while it trains under bf16 autocast (``resattn.train --cpu-bf16``).
-_BF16 = "; bf16 autocast"
-
-
 def _bare(machine: str) -> str:
     """The computer of a hardware string: without its thread count and precision."""
-    return _THREADS.sub("", machine).replace(_BF16, "")
+    return _THREADS.sub("", machine).replace(BF16_MARK, "")
 
 
 def _same_computer(machines: list[str]) -> str | None:
@@ -80,7 +76,8 @@ def _same_computer(machines: list[str]) -> str | None:
 
 
 def _precision(machine: str) -> str:
-    return "bf16 autocast" if _BF16 in machine else "float32"
+    """How a span of the run computed its training steps, from its hardware string."""
+    return "bf16 autocast" if BF16_MARK in machine else "float32"
 
 
 def _thread_words(machine: str) -> str:

@@ -47,10 +47,9 @@ def test_cpu_bf16_on_trains_in_bf16_evaluates_in_float32_and_says_so(tmp_path, d
     train(_config(tmp_path, dataset, cpu_bf16="on"))
     assert {dtype for training, dtype in logits_dtypes if training} == {torch.bfloat16}
     assert {dtype for training, dtype in logits_dtypes if not training} == {torch.float32}  # the test split
-    _, meta = resattn.load_checkpoint(tmp_path / "run" / "model.safetensors")
+    model, meta = resattn.load_checkpoint(tmp_path / "run" / "model.safetensors")
     assert meta["hardware"].endswith("; bf16 autocast")
-    assert all(v.dtype == torch.float32 for v in resattn.load_checkpoint(tmp_path / "run" / "model.safetensors")[0]
-               .state_dict().values() if v.is_floating_point())
+    assert all(v.dtype == torch.float32 for v in model.state_dict().values() if v.is_floating_point())
 
 
 def test_a_float32_run_resumed_in_bf16_records_where_the_precision_changed(tmp_path, dataset):

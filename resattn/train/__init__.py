@@ -38,7 +38,7 @@ from __future__ import annotations
 from .build import Run, build_optimizer, frozen_parts, prepare, select_classes
 from .callbacks import EpochCallback, MaskSnapshots
 from .cli import build_parser, main
-from .environment import Runtime, hardware, hardware_spans, hardware_summary, respelled, setup_runtime, thread_words
+from .environment import BF16_MARK, Runtime, hardware, hardware_spans, hardware_summary, respelled, setup_runtime, thread_words
 from .evaluation import evaluate_model
 from .loop import Diverged, end_epoch, epoch_steps, finish, public_recipe, run_steps, train
 from .recipes import RECIPES, TRAIN_ONLY, TrainConfig, lr_at, step_milestones

@@ -288,7 +288,7 @@ def prepare(config: TrainConfig) -> Run:
         (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
     bf16 = environment.trains_in_bf16(config, runtime)
     machine = (environment.hardware(runtime) + ("; CUDA graphs" if config.cuda_graphs else "")
-               + ("; bf16 autocast" if bf16 and runtime.device.type == "cpu" else ""))  # CUDA trains in bf16 by default
+               + (environment.BF16_MARK if bf16 and runtime.device.type == "cpu" else ""))
     run = Run(config, runtime, model, train_module, optimizer, normalizer, train_data, test_data, batches, aug, frozen,
               prep, class_names(train_data.classes), small, noisy_fraction, total, per_epoch, iteration, machine, out,
               state_dir, log, base_meta, iteration, epoch_totals, graph_step, graph_eval, previous_hardware, bf16)

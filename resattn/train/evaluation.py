@@ -3,7 +3,8 @@ summed over all of ``torchrun``'s."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -14,7 +15,19 @@ from torch import Tensor, nn
 from ..data import BatchIterator, Decoded
 from .environment import Runtime
 
-__all__ = ["evaluate_model"]
+__all__ = ["evaluate_model", "full_precision"]
+
+
+@contextmanager
+def full_precision() -> Iterator[None]:
+    """TF32 off for matrix products and cuDNN convolutions inside the block (restored after it): with float32
+    weights and no autocast, a GPU then computes what ``python -m resattn.evaluate`` does on a CPU."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
 
 
 @torch.no_grad()

@@ -9,6 +9,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Generator, Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,7 +22,7 @@ from ..data import augment_crop_flip, augment_resized_crop_flip
 from .build import Run, prepare
 from .callbacks import EpochCallback, MaskSnapshots
 from .environment import hardware_summary
-from .evaluation import evaluate_model
+from .evaluation import evaluate_model, full_precision
 from .recipes import TrainConfig, lr_at
 
 __all__ = ["Diverged", "epoch_steps", "end_epoch", "finish", "train", "run_steps", "public_recipe"]
@@ -160,8 +161,14 @@ def end_epoch(run: Run, stats: dict[str, Any], callbacks: Sequence[EpochCallback
     """Evaluate the epoch on the test split, append its metrics line, save the resume state, run the callbacks."""
     config, runtime = run.config, run.runtime
     check_weights(run, f"after epoch {stats['epoch']}")
-    test = evaluate_model(run.model, run.test_data, run.normalizer, runtime, config.eval_batch_size,
-                          config.channels_last, config.bf16, len(run.train_data.classes), forward=run.graph_eval)
+    # the last epoch's figure is the checkpoint's: evaluate it in float32 without TF32 or a captured graph, as
+    # `python -m resattn.evaluate` does, so the card reproduces on any machine (earlier epochs keep the fast path)
+    last = run.iteration >= run.total
+    low = config.bf16 and runtime.device.type == "cuda" and not last
+    with full_precision() if last else nullcontext():
+        test = evaluate_model(run.model, run.test_data, run.normalizer, runtime, config.eval_batch_size,
+                              config.channels_last, low, len(run.train_data.classes),
+                              forward=None if last else run.graph_eval)
     seen, elapsed = stats["seen"], stats["elapsed"]
     metrics = {
         "epoch": stats["epoch"],
@@ -171,6 +178,7 @@ def end_epoch(run: Run, stats: dict[str, Any], callbacks: Sequence[EpochCallback
         "test_loss": test["loss"],
         "test_top1": test["top1"],
         "test_images": test["images"],
+        "test_precision": "bf16" if low else "float32",
         "lr": lr_at(config, run.iteration - 1, run.total),
         "images_per_s": seen / elapsed if elapsed > 0 else 0.0,
         "epoch_seconds": elapsed,
